@@ -1,0 +1,1 @@
+"""Expansion modules shipped with misp-enrich, one OSINT source each."""

@@ -1,0 +1,261 @@
+"""DNS: resolve names and addresses with the configured or system resolver."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from typing import Any
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.rcode
+import dns.rdatatype
+import dns.resolver
+import dns.reversename
+from pydantic import field_validator
+
+from modules.context import Context
+from modules.errors import Unavailable, UpstreamTimeout
+from modules.module import ExpansionModule, ModuleConfig, setting
+from modules.observable import Observable
+from modules.results import Answer
+
+log = logging.getLogger(__name__)
+
+NAME_RECORDS = ("A", "AAAA", "CNAME", "MX", "NS", "TXT", "SOA")
+RELATIONS = {
+    "A": "a-record",
+    "AAAA": "aaaa-record",
+    "CNAME": "cname-record",
+    "MX": "mx-record",
+    "NS": "ns-record",
+    "TXT": "txt-record",
+    "SOA": "soa-record",
+    "PTR": "ptr-record",
+}
+QUERY_TIMEOUT = 3.0
+
+
+def parse_nameserver(text: str) -> tuple[str, int]:
+    """Split "IP", "IP:port" or "[IPv6]:port" into address and port."""
+    text = text.strip()
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"'{text}' is not IP, IP:port or [IPv6]:port")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        address = ipaddress.ip_address(host).compressed
+    except ValueError:
+        raise ValueError(f"'{text}' is not IP, IP:port or [IPv6]:port") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"'{text}' has an invalid port")
+    return address, int(port)
+
+
+class Config(ModuleConfig):
+    nameserver: str | None = setting(
+        None, "resolver to ask: IP, IP:port or [IPv6]:port; default: the system's"
+    )
+
+    @field_validator("nameserver")
+    @classmethod
+    def _valid(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_nameserver(value)
+        return value
+
+
+def _text_of(rdtype: str, rdata: Any) -> str:
+    if rdtype in ("A", "AAAA"):
+        return str(rdata.address)
+    if rdtype == "MX":
+        return rdata.exchange.to_text(omit_final_dot=True)
+    if rdtype == "SOA":
+        return rdata.mname.to_text(omit_final_dot=True)
+    if rdtype == "TXT":
+        return b"".join(rdata.strings).decode("utf-8", "replace")
+    return rdata.target.to_text(omit_final_dot=True)
+
+
+def spf_addresses(txt: str) -> list[str]:
+    """Return the ip4/ip6 networks an SPF record authorises."""
+    if not txt.lower().startswith("v=spf1"):
+        return []
+    found = []
+    for term in txt.split()[1:]:
+        mechanism, _, value = term.lstrip("+-~?").partition(":")
+        if mechanism.lower() in ("ip4", "ip6") and value:
+            try:
+                found.append(str(ipaddress.ip_network(value, strict=False)))
+            except ValueError:
+                continue
+    return found
+
+
+class DNS(ExpansionModule):
+    name = "dns"
+    title = "DNS"
+    description = (
+        "Resolve a domain or hostname (A, AAAA, CNAME, MX, NS, TXT/SPF, SOA) or an "
+        "IP address (PTR) and answer a dns-record object."
+    )
+    input_types = ("hostname", "domain", "domain|ip", "ip-src", "ip-dst")
+    output_types = ("ip-dst", "domain", "hostname", "text")
+    references = ("https://www.rfc-editor.org/rfc/rfc1035",)
+    features = (
+        "Queries the record types concurrently; NXDOMAIN and empty answers are "
+        "results. The nameserver setting picks the resolver, else the system's."
+    )
+    Config = Config
+    # The query reaches the domain's authoritative servers, which an
+    # adversary may run.
+    third_party = True
+    cache_ttl = 3600
+    not_found_ttl = 300
+    concurrency = 32
+
+    def __init__(self) -> None:
+        self._resolvers: dict[str | None, dns.asyncresolver.Resolver] = {}
+
+    def resolver(self, nameserver: str | None) -> dns.asyncresolver.Resolver:
+        """Return a resolver for the nameserver, or the system's."""
+        resolver = self._resolvers.get(nameserver)
+        if resolver is None:
+            if nameserver is None:
+                resolver = dns.asyncresolver.Resolver()
+            else:
+                address, port = parse_nameserver(nameserver)
+                resolver = dns.asyncresolver.Resolver(configure=False)
+                resolver.nameservers = [dns.nameserver.Do53Nameserver(address, port)]
+            self._resolvers[nameserver] = resolver
+        return resolver
+
+    async def lookup(
+        self, ctx: Context, nameserver: str | None, name: str, rdtype: str
+    ) -> dict[str, Any]:
+        """Return {"records": [...]} or {"nxdomain": True}, through the cache."""
+        resolver = self.resolver(nameserver)
+
+        async def call() -> tuple[dict[str, Any], float | None]:
+            lifetime = max(0.1, min(QUERY_TIMEOUT, ctx.source.remaining()))
+            try:
+                answer = await resolver.resolve(
+                    name, rdtype, search=False, lifetime=lifetime
+                )
+            except dns.resolver.NXDOMAIN:
+                return {"nxdomain": True}, self.not_found_ttl
+            except dns.resolver.NoAnswer:
+                return {"records": []}, self.not_found_ttl
+            except dns.exception.Timeout:
+                raise UpstreamTimeout(
+                    self.title,
+                    f"no answer from {nameserver or 'the system resolver'} within "
+                    f"{lifetime:.1f} s for {name} {rdtype}",
+                ) from None
+            except dns.resolver.NoNameservers as err:
+                raise Unavailable(self.title, _failure(err, name, rdtype)) from None
+            if rdtype == "MX":
+                ordered = sorted(answer, key=lambda r: (r.preference, str(r.exchange)))
+                records = [_text_of(rdtype, rdata) for rdata in ordered]
+            else:
+                records = sorted(_text_of(rdtype, rdata) for rdata in answer)
+            ttl = answer.rrset.ttl if answer.rrset is not None else None
+            return {"records": records}, ttl
+
+        return await ctx.source.fetch(rdtype, f"{nameserver}|{name}", call)  # type: ignore[no-any-return]
+
+    async def enrich(
+        self, observable: Observable, config: Config, ctx: Context
+    ) -> Answer:
+        answer = ctx.answer()
+        summary: list[str] = []
+
+        host = observable.host
+        if host:
+            await self._name_records(ctx, config.nameserver, host, answer, summary)
+        if observable.ip:
+            await self._ptr_records(
+                ctx, config.nameserver, observable.ip, answer, summary
+            )
+
+        answer.summary = "; ".join(summary)
+        return answer
+
+    async def _name_records(
+        self,
+        ctx: Context,
+        nameserver: str | None,
+        host: str,
+        answer: Answer,
+        summary: list[str],
+    ) -> None:
+        results = await asyncio.gather(
+            *(self.lookup(ctx, nameserver, host, rdtype) for rdtype in NAME_RECORDS)
+        )
+        if any(result.get("nxdomain") for result in results):
+            summary.append(f"{host}: no such domain (NXDOMAIN)")
+            answer.note(f"{host} does not exist (NXDOMAIN)")
+            return
+
+        values: dict[str, Any] = {"queried-domain": host}
+        parts = []
+        for rdtype, result in zip(NAME_RECORDS, results, strict=True):
+            records = result["records"]
+            if not records:
+                continue
+            values[RELATIONS[rdtype]] = records
+            parts.append(f"{rdtype} {', '.join(records)}")
+        spf = [
+            net for txt in values.get("txt-record", []) for net in spf_addresses(txt)
+        ]
+        if spf:
+            values["spf-record"] = spf
+
+        if len(values) == 1:
+            summary.append(f"{host}: no records")
+            answer.note(f"{host} exists but has none of {', '.join(NAME_RECORDS)}")
+            return
+        answer.add_object("dns-record", values, relationship="describes")
+        summary.append(f"{host}: " + " | ".join(parts))
+
+    async def _ptr_records(
+        self,
+        ctx: Context,
+        nameserver: str | None,
+        ip: str,
+        answer: Answer,
+        summary: list[str],
+    ) -> None:
+        reverse = dns.reversename.from_address(ip).to_text(omit_final_dot=True)
+        result = await self.lookup(ctx, nameserver, reverse, "PTR")
+        records = result.get("records") or []
+        if not records:
+            summary.append(f"{ip}: no PTR record")
+            answer.note(f"{ip} has no PTR record")
+            return
+        answer.add_object(
+            "dns-record",
+            {"queried-domain": reverse, "ptr-record": records},
+            relationship="describes",
+        )
+        summary.append(f"{ip}: PTR {', '.join(records)}")
+
+
+def _failure(err: dns.resolver.NoNameservers, name: str, rdtype: str) -> str:
+    """Say which answer the nameservers gave instead of records."""
+    codes = []
+    for entry in err.kwargs.get("errors", []):
+        response = entry[-1] if isinstance(entry, tuple) else None
+        if hasattr(response, "rcode"):
+            codes.append(dns.rcode.to_text(response.rcode()))
+        elif isinstance(response, str) and response:
+            codes.append(response)
+    reason = ", ".join(sorted(set(codes))) or "no usable answer"
+    return f"the nameserver refused or failed {name} {rdtype} ({reason})"

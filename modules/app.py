@@ -1,0 +1,152 @@
+"""The HTTP service MISP talks to: /modules, /query and friends."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from modules import __version__
+from modules.errors import BadRequest, EnrichError, error_body
+from modules.openapi import openapi_document
+from modules.protocol import parse_query
+from modules.registry import Registry, modules_body
+from modules.results import dumps
+from modules.runner import Enricher
+from modules.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("modules.access")
+
+ENRICHER = web.AppKey("enricher", Enricher)
+MODULES_BODY = web.AppKey("modules_body", bytes)
+OPENAPI_BODY = web.AppKey("openapi_body", bytes)
+
+REQUEST_ID = web.RequestKey("request_id", str)
+MODULE = web.RequestKey("module", str)
+OUTCOME = web.RequestKey("outcome", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(
+        body=dumps(body), status=status, content_type="application/json"
+    )
+
+
+@web.middleware
+async def access_and_errors(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """Log one line per request and turn HTTP errors into JSON bodies."""
+    started = time.perf_counter()
+    request[REQUEST_ID] = uuid.uuid4().hex[:12]
+    try:
+        response = await handler(request)
+    except web.HTTPException as err:
+        text = err.text if err.text and not err.text.startswith("<") else err.reason
+        response = json_response({"error": text}, status=err.status)
+    access_log.info(
+        "%s %s %s %s %d %.1fms",
+        request[REQUEST_ID],
+        request.method,
+        request.path,
+        request.get(MODULE, "-"),
+        response.status,
+        (time.perf_counter() - started) * 1000,
+        extra={"outcome": request.get(OUTCOME, "-")},
+    )
+    return response
+
+
+async def get_modules(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[MODULES_BODY], content_type="application/json")
+
+
+async def get_healthcheck(request: web.Request) -> web.Response:
+    return json_response({"status": True})
+
+
+async def get_version(request: web.Request) -> web.Response:
+    return json_response({"version": __version__, "name": "misp-enrich"})
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI_BODY], content_type="application/json")
+
+
+async def post_query(request: web.Request) -> web.Response:
+    """Answer one MISP query; errors MISP could cause are 200 with an error."""
+    enricher = request.app[ENRICHER]
+    limit = enricher.settings.max_body
+    if request.content_length is not None and request.content_length > limit:
+        return _too_large(request, limit)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return _too_large(request, limit)
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as err:
+        request[OUTCOME] = "bad_json"
+        return json_response(
+            {"error": f"the body is not valid JSON ({err})", "results": []},
+            status=400,
+        )
+
+    try:
+        query = parse_query(body)
+        request[MODULE] = query.module
+        response = json_response(await enricher.run(query))
+    except EnrichError as err:
+        request[OUTCOME] = err.outcome
+        log.info(
+            "query %s for %s failed: %s", request[REQUEST_ID], request.get(MODULE), err
+        )
+        return json_response(error_body(err))
+    except Exception as err:
+        request[OUTCOME] = "internal_error"
+        log.exception(
+            "query %s for %s crashed", request[REQUEST_ID], request.get(MODULE)
+        )
+        return json_response(error_body(err))
+    request[OUTCOME] = "ok"
+    return response
+
+
+def _too_large(request: web.Request, limit: int) -> web.Response:
+    request[OUTCOME] = "too_large"
+    error = BadRequest(
+        f"the request body is larger than the {limit} byte limit; raise "
+        "MISP_ENRICH_MAX_BODY to accept bigger attachments"
+    )
+    return json_response(error_body(error))
+
+
+def create_app(
+    registry: Registry, settings: ServerSettings, enricher: Enricher | None = None
+) -> web.Application:
+    """Build the aiohttp application for a registry of modules."""
+    app = web.Application(
+        middlewares=[access_and_errors], client_max_size=settings.max_body
+    )
+    app[ENRICHER] = enricher or Enricher(registry, settings)
+    app[MODULES_BODY] = modules_body(registry)
+    app[OPENAPI_BODY] = orjson.dumps(openapi_document(registry))
+    app.router.add_get("/modules", get_modules)
+    app.router.add_post("/query", post_query)
+    app.router.add_get("/healthcheck", get_healthcheck)
+    app.router.add_get("/version", get_version)
+    app.router.add_get("/openapi.json", get_openapi)
+
+    async def close_enricher(app: web.Application) -> None:
+        await app[ENRICHER].close()
+
+    app.on_cleanup.append(close_enricher)
+    return app

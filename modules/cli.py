@@ -1,0 +1,196 @@
+"""The misp-enrich command: serve, list modules, run one query, manage cache."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from modules import __version__
+from modules.errors import EnrichError, error_body
+from modules.protocol import Query
+from modules.registry import Registry, discover
+from modules.results import dumps
+from modules.settings import ServerSettings
+
+log = logging.getLogger("modules")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def load_registry(settings: ServerSettings) -> Registry:
+    disabled = {name.strip() for name in settings.disabled_modules.split(",") if name}
+    return discover(disabled)
+
+
+def cmd_serve(args: argparse.Namespace, settings: ServerSettings) -> int:
+    from modules.app import create_app
+
+    updates: dict[str, Any] = {}
+    if args.host:
+        updates["host"] = args.host
+    if args.port is not None:
+        updates["port"] = args.port
+    settings = settings.model_copy(update=updates)
+    registry = load_registry(settings)
+    app = create_app(registry, settings)
+    log.info(
+        "misp-enrich %s listening on http://%s:%d",
+        __version__,
+        settings.host,
+        settings.port,
+    )
+    log.info("modules loaded: %s", ", ".join(registry.modules) or "none")
+    for origin, reason in registry.skipped.items():
+        log.warning("module skipped: %s: %s", origin, reason)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        print=None,
+        handle_signals=True,
+    )
+    return 0
+
+
+def cmd_modules(args: argparse.Namespace, settings: ServerSettings) -> int:
+    registry = load_registry(settings)
+    rows = [("NAME", "TYPES", "HOVER", "CONFIG")]
+    for module in registry.modules.values():
+        rows.append(
+            (
+                module.name,
+                ", ".join(module.input_types + module.input_objects),
+                "yes" if "hover" in module.module_types else "no",
+                ", ".join(module.config_keys()) or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[3]]).rstrip())
+    for origin, reason in registry.skipped.items():
+        print(f"skipped {origin}: {reason}", file=sys.stderr)
+    return 0
+
+
+def _summary(body: dict[str, Any]) -> str:
+    """Render an answer as text a person reads at a terminal."""
+    if "error" in body:
+        return f"error: {body['error']}"
+    lines = []
+    results = body.get("results", {})
+    for attribute in results.get("Attribute", []):
+        lines.append(f"{attribute['type']}: {attribute['value']}")
+    for obj in results.get("Object", []):
+        lines.append(f"object {obj['name']}")
+        for attribute in obj.get("Attribute", []):
+            lines.append(f"  {attribute['object_relation']}: {attribute['value']}")
+        for reference in obj.get("ObjectReference", []):
+            lines.append(
+                f"  -> {reference['relationship_type']} {reference['referenced_uuid']}"
+            )
+    for tag in results.get("Tag", []):
+        lines.append(f"tag {tag['name']}")
+    if body.get("comment"):
+        lines.append(f"note: {body['comment']}")
+    return "\n".join(lines) or "no results"
+
+
+def cmd_query(args: argparse.Namespace, settings: ServerSettings) -> int:
+    from modules.runner import Enricher
+
+    config: dict[str, str | None] = {}
+    for item in args.config or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"--config takes key=value, not '{item}'", file=sys.stderr)
+            return 2
+        config[key] = value
+    query = Query(
+        module=args.module,
+        config=config,
+        event_id=None if args.hover else "0",
+        standard=True,
+        attribute_type=args.type,
+        value=args.value,
+        reference_uuid=args.uuid,
+    )
+
+    async def run() -> dict[str, Any]:
+        enricher = Enricher(load_registry(settings), settings)
+        try:
+            return await enricher.run(query)
+        except EnrichError as err:
+            return error_body(err)
+        finally:
+            await enricher.close()
+
+    body = asyncio.run(run())
+    if args.summary:
+        print(_summary(body))
+    else:
+        print(dumps(body, indent=True).decode())
+    return 1 if "error" in body else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="misp-enrich",
+        description="MISP enrichment module server (misp-modules protocol).",
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP server for MISP")
+    serve.add_argument("--host", help="address to bind (MISP_ENRICH_HOST)")
+    serve.add_argument("--port", type=int, help="port to bind (MISP_ENRICH_PORT)")
+    serve.set_defaults(handler=cmd_serve)
+
+    listing = commands.add_parser("modules", help="list the modules and settings")
+    listing.set_defaults(handler=cmd_modules)
+
+    query = commands.add_parser(
+        "query", help="run one enrichment in-process and print the answer"
+    )
+    query.add_argument("module", help="module name, e.g. dns")
+    query.add_argument("type", help="MISP attribute type, e.g. domain")
+    query.add_argument("value", help="attribute value, e.g. example.com")
+    query.add_argument(
+        "--config",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a module setting, as MISP would send it (repeatable)",
+    )
+    query.add_argument("--uuid", help="uuid of the attribute, for references")
+    query.add_argument(
+        "--hover", action="store_true", help="ask as the hover popup does"
+    )
+    query.add_argument(
+        "--summary", action="store_true", help="print a readable summary, not JSON"
+    )
+    query.set_defaults(handler=cmd_query)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = ServerSettings()
+    setup_logging(settings.log_level)
+    return int(args.handler(args, settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

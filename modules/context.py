@@ -1,0 +1,23 @@
+"""What a module gets besides its observable and config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from modules.results import Answer
+from modules.upstream import Source
+
+
+@dataclass
+class Context:
+    """One query's context: its source, deadline, shape and references."""
+
+    source: Source
+    reference_uuid: str | None
+    hover: bool
+    event_id: str | None = None
+    data: str | None = None
+
+    def answer(self) -> Answer:
+        """Return an empty answer whose objects reference the enriched item."""
+        return Answer(self.reference_uuid)

@@ -1,0 +1,113 @@
+"""Run one query: find the module, normalise, resolve config, enrich in time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+
+from modules.context import Context
+from modules.engine import Engine
+from modules.errors import DeadlineExceeded, UnknownModule, UnsupportedType
+from modules.module import ExpansionModule
+from modules.observable import normalise
+from modules.protocol import Query
+from modules.registry import Registry
+from modules.settings import ServerSettings
+from modules.upstream import Source, make_session
+
+log = logging.getLogger(__name__)
+
+
+def pick_observable(
+    module: type[ExpansionModule], query: Query
+) -> tuple[str, str, str | None]:
+    """Return the (type, value, reference uuid) the module should enrich."""
+    if query.object_name is not None:
+        accepted = [
+            attribute
+            for attribute in query.object_attributes
+            if attribute.type in module.input_types
+        ]
+        if not accepted:
+            raise UnsupportedType(
+                f"{module.name} cannot enrich this {query.object_name} object: none "
+                f"of its attributes has a type it handles "
+                f"({', '.join(module.input_types)})"
+            )
+        # Prefer the type the module lists first (e.g. sha256 before md5).
+        accepted.sort(key=lambda attribute: module.input_types.index(attribute.type))
+        return accepted[0].type, accepted[0].value, query.reference_uuid
+    assert query.attribute_type is not None and query.value is not None
+    if query.attribute_type not in module.input_types:
+        raise UnsupportedType(
+            f"{module.name} does not handle attribute type '{query.attribute_type}'; "
+            f"it handles: {', '.join(module.input_types)}"
+        )
+    return query.attribute_type, query.value, query.reference_uuid
+
+
+class Enricher:
+    """Owns the registry, the engine and the HTTP session; runs queries."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        settings: ServerSettings,
+        engine: Engine | None = None,
+    ) -> None:
+        self.registry = registry
+        self.settings = settings
+        self.engine = engine or Engine(settings)
+        self._session: aiohttp.ClientSession | None = None
+        self._instances: dict[str, ExpansionModule] = {}
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = make_session(self.settings.ca_bundle)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        await self.engine.close()
+
+    def deadline_for(self, query: Query) -> float:
+        return self.settings.hover_deadline if query.hover else self.settings.deadline
+
+    async def run(self, query: Query) -> dict[str, Any]:
+        """Answer a query; every failure becomes a typed EnrichError."""
+        module = self.registry.get(query.module)
+        if module is None:
+            known = ", ".join(sorted(self.registry.modules)) or "none"
+            raise UnknownModule(
+                f"unknown module '{query.module}'; this server has: {known}"
+            )
+        attribute_type, value, reference_uuid = pick_observable(module, query)
+        observable = normalise(attribute_type, value)
+        config = module.resolve_config(query.config)
+
+        seconds = self.deadline_for(query)
+        loop = asyncio.get_running_loop()
+        source = Source(
+            self.engine, self.session, module, config, loop.time() + seconds
+        )
+        ctx = Context(source, reference_uuid, query.hover, query.event_id, query.data)
+        instance = self._instances.get(module.name)
+        if instance is None:
+            instance = self._instances[module.name] = module()
+        try:
+            async with asyncio.timeout(seconds):
+                answer = await instance.enrich(observable, config, ctx)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                module.title,
+                f"no answer within the {seconds:g} s deadline; the query was "
+                "cancelled (raise MISP_ENRICH_DEADLINE if MISP waits longer)",
+            ) from None
+        if query.standard:
+            return answer.to_standard(hover=query.hover)
+        return answer.to_simplified()
