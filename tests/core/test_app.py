@@ -1,0 +1,267 @@
+"""The HTTP service: endpoints, error envelope, limits, deadlines, logs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from modules.app import create_app
+from modules.cache import MemoryCache
+from modules.engine import Engine
+from modules.registry import Registry, discover, modules_body
+from modules.runner import Enricher
+from modules.settings import ServerSettings
+from tests.conftest import misp_request
+from tests.core.sample_modules import Crash, Keyed, Slow
+
+
+@pytest.fixture
+async def sample_client(aiohttp_client: Any) -> Any:
+    async def factory(**overrides: Any) -> Any:
+        settings = ServerSettings(cache="memory", **overrides)
+        registry = Registry()
+        for module in (Slow, Crash, Keyed):
+            registry.add(module, "tests")
+        enricher = Enricher(registry, settings, Engine(settings, MemoryCache()))
+        return await aiohttp_client(create_app(registry, settings, enricher))
+
+    return factory
+
+
+async def test_modules_lists_dns_in_misp_shape(client: Any) -> None:
+    response = await client.get("/modules")
+    modules = await response.json()
+
+    assert response.status == 200
+    dns = next(m for m in modules if m["name"] == "dns")
+    assert dns["type"] == "expansion"
+    assert dns["mispattributes"] == {
+        "input": ["hostname", "domain", "domain|ip", "ip-src", "ip-dst"],
+        "output": ["ip-dst", "domain", "hostname", "text"],
+        "format": "misp_standard",
+    }
+    assert dns["meta"]["module-type"] == ["expansion", "hover"]
+    assert dns["meta"]["config"] == ["nameserver"]
+    for module in modules:
+        assert all(isinstance(key, str) for key in module["meta"]["config"])
+        assert not {"enabled", "restrict"} & set(module["meta"]["config"])
+
+
+async def test_modules_body_is_prebuilt(client: Any) -> None:
+    response = await client.get("/modules")
+
+    assert await response.read() == modules_body(discover())
+
+
+async def test_healthcheck_version_openapi(client: Any) -> None:
+    assert await (await client.get("/healthcheck")).json() == {"status": True}
+    assert (await (await client.get("/version")).json())["name"] == "misp-enrich"
+
+    document = await (await client.get("/openapi.json")).json()
+
+    assert document["openapi"] == "3.1.0"
+    assert set(document["paths"]) == {"/modules", "/query", "/healthcheck", "/version"}
+    module_enum = document["paths"]["/query"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]["schema"]["oneOf"][0]["properties"]["module"]["enum"]
+    assert "dns" in module_enum
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        (
+            "unknown-module",
+            "unknown module 'does_not_exist'; this server has: dns",
+        ),
+        (
+            "unsupported-type",
+            "dns does not handle attribute type 'btc'; it handles: hostname, domain, "
+            "domain|ip, ip-src, ip-dst",
+        ),
+    ],
+)
+async def test_request_errors_are_200_with_results(
+    client: Any, name: str, error: str
+) -> None:
+    response = await client.post("/query", json=misp_request(name))
+
+    assert response.status == 200
+    body = await response.json()
+    assert body["results"] == []
+    assert body["error"].startswith(error)
+
+
+async def test_invalid_value_is_a_clear_error(client: Any) -> None:
+    body = misp_request("composite-domain-ip")
+    body["attribute"]["value"] = "www.example.com|not-an-ip"
+
+    answer = await (await client.post("/query", json=body)).json()
+
+    assert answer == {"error": "'not-an-ip' is not a valid IP address", "results": []}
+
+
+async def test_body_that_is_not_json_is_400_with_json_error(client: Any) -> None:
+    response = await client.post("/query", data=b"{not json")
+
+    assert response.status == 400
+    assert response.content_type == "application/json"
+    body = await response.json()
+    assert body["error"].startswith("the body is not valid JSON")
+    assert body["results"] == []
+
+
+async def test_body_without_module_is_200_error(client: Any) -> None:
+    response = await client.post("/query", json={"hostname": "example.com"})
+
+    assert response.status == 200
+    assert (await response.json())["error"].startswith("the body has no 'module' key")
+
+
+async def test_body_limit_is_a_json_error_and_server_keeps_serving(
+    make_client: Any,
+) -> None:
+    client = await make_client(max_body=1024)
+    body = misp_request("enrich-button-simplified")
+    body["data"] = "A" * 4096
+
+    response = await client.post("/query", json=body)
+
+    assert response.status == 200
+    answer = await response.json()
+    assert answer["results"] == []
+    assert "larger than the 1024 byte limit" in answer["error"]
+    assert (await client.get("/healthcheck")).status == 200
+
+
+async def test_body_limit_without_content_length(make_client: Any) -> None:
+    client = await make_client(max_body=1024)
+
+    async def chunks() -> Any:
+        for _ in range(8):
+            yield b"x" * 512
+
+    response = await client.post("/query", data=chunks())
+
+    assert response.status == 200
+    assert "larger than the 1024 byte limit" in (await response.json())["error"]
+
+
+async def test_unknown_path_is_json(client: Any) -> None:
+    response = await client.get("/nothing-here")
+
+    assert response.status == 404
+    assert response.content_type == "application/json"
+    assert "error" in await response.json()
+
+
+async def test_wrong_method_is_json(client: Any) -> None:
+    response = await client.get("/query")
+
+    assert response.status == 405
+    assert response.content_type == "application/json"
+
+
+async def test_deadline_cancels_the_module_and_names_the_source(
+    sample_client: Any,
+) -> None:
+    client = await sample_client(deadline=0.2)
+    Slow.cancelled = 0
+    body = {"module": "slow", "event_id": "1", "domain": "example.com"}
+
+    answer = await (await client.post("/query", json=body)).json()
+
+    assert answer["results"] == []
+    assert answer["error"].startswith(
+        "Slow Source: timed out: no answer within the 0.2 s"
+    )
+    assert Slow.cancelled == 1
+
+
+async def test_hover_gets_the_shorter_deadline(sample_client: Any) -> None:
+    client = await sample_client(deadline=30, hover_deadline=0.2)
+    body = {"module": "slow", "domain": "example.com"}
+
+    answer = await (await client.post("/query", json=body)).json()
+
+    assert "within the 0.2 s deadline" in answer["error"]
+
+
+async def test_module_bug_is_named_not_something_went_wrong(
+    sample_client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await sample_client()
+    body = {"module": "crash", "event_id": "1", "domain": "example.com"}
+
+    response = await client.post("/query", json=body)
+    answer = await response.json()
+
+    assert response.status == 200
+    assert answer["results"] == []
+    assert answer["error"] == "internal error (KeyError); the server log has details"
+    assert "crash" in caplog.text
+    assert (await client.get("/healthcheck")).status == 200
+
+
+async def test_missing_key_and_bad_setting(
+    sample_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await sample_client()
+    body: dict[str, Any] = {"module": "keyed", "event_id": "1", "domain": "example.com"}
+
+    body["config"] = {"apikey": "", "limit": None}
+    missing = await (await client.post("/query", json=body)).json()
+    body["config"] = {"apikey": "K", "limit": "many"}
+    invalid = await (await client.post("/query", json=body)).json()
+
+    assert missing == {
+        "error": "Keyed: no API key: set the keyed apikey setting",
+        "results": [],
+    }
+    assert invalid["results"] == []
+    assert invalid["error"].startswith("keyed: invalid setting: limit: Input should be")
+    assert "many" not in invalid["error"]
+
+
+async def test_config_from_misp_wins_over_environment(
+    sample_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MISP_ENRICH_KEYED_APIKEY", "SERVER-KEY")
+    monkeypatch.setenv("MISP_ENRICH_KEYED_LIMIT", "7")
+    client = await sample_client()
+    body: dict[str, Any] = {
+        "module": "keyed",
+        "event_id": "1",
+        "attribute": {"type": "domain", "value": "example.com", "uuid": "u-1"},
+    }
+
+    body["config"] = {"apikey": "", "limit": ""}
+    from_env = await (await client.post("/query", json=body)).json()
+    body["config"] = {"apikey": "", "limit": "3"}
+    from_misp = await (await client.post("/query", json=body)).json()
+
+    assert from_env["results"]["Attribute"][0]["value"] == "limit=7"
+    assert from_misp["results"]["Attribute"][0]["value"] == "limit=3"
+
+
+async def test_access_log_has_no_body_config_or_user(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    body = misp_request("workflow-attach-enrichment")
+    body["config"] = {"nameserver": "192.0.2.53", "apikey": "SECRET-CONFIG-VALUE"}
+
+    await client.post("/query", json=body)
+
+    access = [r for r in caplog.records if r.name == "modules.access"]
+    assert len(access) == 1
+    assert "POST /query dns 200" in access[0].getMessage()
+    for secret in (
+        "REDACTED-NEVER-LOG-ME",
+        "analyst@example.org",
+        "SECRET-CONFIG-VALUE",
+    ):
+        assert secret not in caplog.text
+    assert "https://www.example.com/login" not in caplog.text
