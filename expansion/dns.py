@@ -9,6 +9,7 @@ from typing import Any
 
 import dns.asyncresolver
 import dns.exception
+import dns.message
 import dns.nameserver
 import dns.rcode
 import dns.rdatatype
@@ -59,7 +60,7 @@ def parse_nameserver(text: str) -> tuple[str, int]:
     return address, int(port)
 
 
-class Config(ModuleConfig):
+class DNSConfig(ModuleConfig):
     nameserver: str | None = setting(
         None, "resolver to ask: IP, IP:port or [IPv6]:port; default: the system's"
     )
@@ -113,7 +114,7 @@ class DNS(ExpansionModule):
         "Queries the record types concurrently; NXDOMAIN and empty answers are "
         "results. The nameserver setting picks the resolver, else the system's."
     )
-    Config = Config
+    Config = DNSConfig
     # The query reaches the domain's authoritative servers, which an
     # adversary may run.
     third_party = True
@@ -172,7 +173,7 @@ class DNS(ExpansionModule):
         return await ctx.source.fetch(rdtype, f"{nameserver}|{name}", call)  # type: ignore[no-any-return]
 
     async def enrich(
-        self, observable: Observable, config: Config, ctx: Context
+        self, observable: Observable, config: DNSConfig, ctx: Context
     ) -> Answer:
         answer = ctx.answer()
         summary: list[str] = []
@@ -253,7 +254,7 @@ def _failure(err: dns.resolver.NoNameservers, name: str, rdtype: str) -> str:
     codes = []
     for entry in err.kwargs.get("errors", []):
         response = entry[-1] if isinstance(entry, tuple) else None
-        if hasattr(response, "rcode"):
+        if isinstance(response, dns.message.Message):
             codes.append(dns.rcode.to_text(response.rcode()))
         elif isinstance(response, str) and response:
             codes.append(response)

@@ -119,9 +119,9 @@ class Answer:
                 values = groups.setdefault(key, [])
                 if str(attribute.value) not in values:
                     values.append(str(attribute.value))
-        for attribute in self.attributes:
-            groups.setdefault((attribute["type"], attribute["comment"]), []).append(
-                attribute["value"]
+        for plain in self.attributes:
+            groups.setdefault((plain["type"], plain["comment"]), []).append(
+                plain["value"]
             )
         results = [
             {"types": [kind], "values": values, "comment": comment}
