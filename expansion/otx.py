@@ -1,0 +1,556 @@
+"""AlienVault OTX: pulses, passive DNS, malware, URLs, geolocation, file analysis."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import SecretStr
+
+from modules.context import Context
+from modules.errors import AuthFailed, BadResponse, ConfigError, NotFound
+from modules.module import ExpansionModule, ModuleConfig, secret
+from modules.observable import Observable
+from modules.results import Answer
+
+log = logging.getLogger(__name__)
+
+# What the answer shows at most per section; the rest is counted in a note.
+MAX_PULSES = 10
+MAX_PASSIVE_DNS = 10
+MAX_MALWARE = 10
+MAX_URLS = 10
+SUMMARY_PULSES = 3
+
+SECTIONS = {
+    "IPv4": ("general", "reputation", "geo", "malware", "url_list", "passive_dns"),
+    "IPv6": ("general", "reputation", "geo", "malware", "url_list", "passive_dns"),
+    "domain": ("general", "geo", "malware", "url_list", "passive_dns"),
+    "hostname": ("general", "geo", "malware", "url_list", "passive_dns"),
+    "url": ("general", "url_list"),
+    "file": ("general", "analysis"),
+}
+# The paged sections: asking for no more than we show keeps answers small.
+PAGE_LIMITS = {"malware": MAX_MALWARE, "url_list": MAX_URLS}
+PULSE_URL = "https://otx.alienvault.com/pulse/{}"
+TECHNIQUE_ID = re.compile(r"T\d{4}(?:\.\d{3})?")
+HASH_RELATIONS = {32: "md5", 40: "sha1", 64: "sha256"}
+# A geolocation object needs one of these, a file object one of those.
+PLACE_KEYS = ("latitude", "longitude", "city", "region", "country", "countrycode")
+FILE_KEYS = ("md5", "sha1", "sha256", "ssdeep", "size-in-bytes")
+
+
+class Config(ModuleConfig):
+    apikey: SecretStr | None = secret(
+        "OTX DirectConnect API key; optional, OTX allows fewer queries without one"
+    )
+
+
+# The client part: OTX paths, headers and JSON.
+
+
+def indicators(observable: Observable) -> list[tuple[str, str]]:
+    """Return the OTX (indicator type, value) pairs an observable stands for."""
+    if observable.hash:
+        return [("file", observable.hash[1])]
+    if observable.url:
+        return [("url", observable.url)]
+    found = []
+    if observable.host:
+        kind = "hostname" if "hostname" in observable.parts else "domain"
+        found.append((kind, observable.host))
+    if observable.ip:
+        found.append(("IPv6" if ":" in observable.ip else "IPv4", observable.ip))
+    return found
+
+
+def auth_headers(config: Config) -> dict[str, str]:
+    """Return the header carrying the API key, or none for keyless use."""
+    if config.apikey is None:
+        return {}
+    return {"X-OTX-API-KEY": config.apikey.get_secret_value()}
+
+
+async def fetch_section(
+    ctx: Context, headers: dict[str, str], kind: str, value: str, section: str
+) -> dict[str, Any] | None:
+    """Return one section of an indicator, or None when OTX has none (404)."""
+    path = f"/indicators/{kind}/{quote(value, safe=':/')}/{section}"
+    limit = PAGE_LIMITS.get(section)
+    params = {"limit": str(limit)} if limit else None
+    try:
+        data = await ctx.source.get_json(
+            path, params=params, headers=headers, endpoint=f"{kind}-{section}"
+        )
+    except NotFound:
+        log.debug("no %s section for %s %s", section, kind, value)
+        return None
+    if not isinstance(data, dict):
+        raise BadResponse(ctx.source.label, f"the {section} section is not an object")
+    return data
+
+
+async def fetch_all(
+    ctx: Context, headers: dict[str, str], targets: list[tuple[str, str]]
+) -> dict[tuple[str, str], dict[str, dict[str, Any] | None]]:
+    """Fetch every section of every indicator at once; raise the first failure."""
+    calls = [
+        (kind, value, section)
+        for kind, value in targets
+        for section in (("general",) if ctx.hover else SECTIONS[kind])
+    ]
+    # Waiting for all calls, then raising in call order, makes the error the
+    # analyst sees the same whichever call failed first.
+    results = await asyncio.gather(
+        *(fetch_section(ctx, headers, *call) for call in calls),
+        return_exceptions=True,
+    )
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+    found: dict[tuple[str, str], dict[str, dict[str, Any] | None]] = {
+        target: {} for target in targets
+    }
+    for (kind, value, section), result in zip(calls, results, strict=True):
+        found[kind, value][section] = result  # type: ignore[assignment]
+    return found
+
+
+# The mapping part: OTX sections to MISP objects, tags and notes.
+
+
+def as_int(value: Any) -> int:
+    """Return an integer count, or 0 for anything else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def number(value: Any) -> str | None:
+    """Return a JSON number as text: MISP's schema takes only string values."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def utc(text: Any) -> datetime | None:
+    """Parse an OTX timestamp; OTX writes UTC without saying so."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def ip_or_none(text: Any) -> str | None:
+    """Return an IP address in compressed form, or None if it is none."""
+    try:
+        return ipaddress.ip_address(str(text)).compressed
+    except ValueError:
+        return None
+
+
+def is_link(text: Any) -> bool:
+    # MISP refuses a link attribute that is not a URL.
+    return isinstance(text, str) and text.startswith(("http://", "https://"))
+
+
+def names(items: Any) -> list[str]:
+    """Return display names from a list of strings or {display_name} dicts."""
+    found = []
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, dict):
+            item = item.get("display_name") or item.get("name")
+        if isinstance(item, str) and item.strip():
+            found.append(item.strip())
+    return found
+
+
+def note_truncation(answer: Answer, total: int, shown: int, what: str) -> None:
+    """Note that a section had more entries than the answer shows."""
+    if total > shown:
+        answer.note(f"otx: {total} {what}, {shown} shown")
+
+
+def attack_tag(entry: Any) -> str | None:
+    """Return the MITRE ATT&CK galaxy tag of a pulse attack id, if a technique."""
+    if not isinstance(entry, dict):
+        return None
+    technique = str(entry.get("id") or "").strip()
+    if not TECHNIQUE_ID.fullmatch(technique):
+        return None
+    display = str(entry.get("display_name") or "")
+    prefix = f"{technique} - "
+    name = display.removeprefix(prefix) if display.startswith(prefix) else ""
+    name = name or str(entry.get("name") or "")
+    # The galaxy names a sub-technique alone ("Web Protocols - T1071.001")
+    # where some ATT&CK exports write "Application Layer Protocol: Web Protocols".
+    name = name.rpartition(": ")[2].strip()
+    if not name:
+        return None
+    return f'misp-galaxy:mitre-attack-pattern="{name} - {technique}"'
+
+
+def pulse_facts(pulse: dict[str, Any]) -> str:
+    """Return one line with a pulse's author, TLP, tags and context."""
+    author = pulse.get("author")
+    username = author.get("username") if isinstance(author, dict) else None
+    attack_ids = [
+        entry.get("id") if isinstance(entry, dict) else entry
+        for entry in pulse.get("attack_ids") or []
+    ]
+    facts = {
+        "author": username or pulse.get("author_name"),
+        "TLP": pulse.get("TLP") or pulse.get("tlp"),
+        "created": str(pulse.get("created") or "")[:10],
+        "tags": ", ".join(names(pulse.get("tags"))),
+        "adversary": pulse.get("adversary"),
+        "malware families": ", ".join(names(pulse.get("malware_families"))),
+        "ATT&CK": ", ".join(str(i) for i in attack_ids if i),
+    }
+    return "; ".join(f"{key}: {text}" for key, text in facts.items() if text)
+
+
+def add_pulse(answer: Answer, pulse: dict[str, Any]) -> None:
+    """Add a pulse as a report object, and its ATT&CK techniques as tags."""
+    links = [PULSE_URL.format(pulse["id"])] if pulse.get("id") else []
+    links += [ref for ref in pulse.get("references") or [] if is_link(ref)]
+    # A pulse is a community-written threat report: `report` holds its title,
+    # links and free text. `publication` is meant for books and journals and
+    # `intelligence-report` for military INTREP messages; no template has
+    # author or TLP fields for such a report, so they go in the summary.
+    answer.add_object(
+        "report",
+        {
+            "title": pulse.get("name"),
+            "type": "OTX pulse",
+            "summary": [pulse.get("description"), pulse_facts(pulse)],
+            "link": list(dict.fromkeys(links)),
+        },
+        relationship="mentions",
+    )
+    for entry in pulse.get("attack_ids") or []:
+        tag = attack_tag(entry)
+        if tag:
+            answer.add_tag(tag)
+
+
+def add_pulses(
+    answer: Answer, value: str, general: dict[str, Any], seen: set[str]
+) -> str:
+    """Add the pulses that mention the indicator; return a summary of them."""
+    info = general.get("pulse_info") or {}
+    pulses = [
+        pulse
+        for pulse in info.get("pulses") or []
+        if isinstance(pulse, dict) and (pulse.get("id") or pulse.get("name"))
+    ]
+    total = max(as_int(info.get("count")), len(pulses))
+    if not total:
+        answer.note(f"otx: {value} is in no AlienVault OTX pulse")
+        return "in no pulses"
+
+    shown = pulses[:MAX_PULSES]
+    for pulse in shown:
+        # Both halves of a domain|ip attribute are often in the same pulse.
+        key = str(pulse.get("id") or pulse.get("name"))
+        if key not in seen:
+            seen.add(key)
+            add_pulse(answer, pulse)
+    note_truncation(answer, total, len(shown), f"pulses mention {value}")
+
+    top = "; ".join(str(p.get("name")) for p in shown[:SUMMARY_PULSES] if p.get("name"))
+    counted = f"in {total} pulse{'s' if total > 1 else ''}"
+    return f"{counted}: {top}" if top else counted
+
+
+def dns_relationship(name: str, data: str, value: str) -> str:
+    """Say how a passive DNS record relates to the enriched indicator."""
+    if data.lower() == value:
+        return "resolves-to"
+    if name.lower() == value:
+        return "describes"
+    if name.lower().endswith("." + value):
+        return "sub-domain-of"
+    return "related-to"
+
+
+def add_passive_dns(
+    answer: Answer, kind: str, value: str, data: dict[str, Any]
+) -> None:
+    """Add the most recent passive DNS records as passive-dns objects."""
+    records = [
+        record
+        for record in data.get("passive_dns") or []
+        if isinstance(record, dict)
+        and all(record.get(k) for k in ("hostname", "record_type", "address"))
+    ]
+    # Show the most recent resolutions first.
+    records.sort(key=lambda record: str(record.get("last") or ""), reverse=True)
+    shown = records[:MAX_PASSIVE_DNS]
+    for record in shown:
+        name, data_value = str(record["hostname"]), str(record["address"])
+        answer.add_object(
+            "passive-dns",
+            {
+                "rrname": name,
+                "rrtype": record["record_type"],
+                "rdata": data_value,
+                "time_first": utc(record.get("first")),
+                "time_last": utc(record.get("last")),
+            },
+            relationship=dns_relationship(name, data_value, value),
+        )
+    total = max(as_int(data.get("count")), len(records))
+    note_truncation(answer, total, len(shown), f"passive DNS records of {value}")
+
+
+def add_geo(answer: Answer, kind: str, value: str, data: dict[str, Any]) -> None:
+    """Add where OTX places the address, and its AS when OTX names one."""
+    place = {
+        "countrycode": data.get("country_code"),
+        "country": data.get("country_name"),
+        "city": data.get("city"),
+        "region": data.get("region") or data.get("subdivision"),
+        "latitude": number(data.get("latitude")),
+        "longitude": number(data.get("longitude")),
+        "zipcode": data.get("postal_code"),
+        "accuracy-radius": number(data.get("accuracy_radius")),
+    }
+    if any(place[key] not in (None, "") for key in PLACE_KEYS):
+        answer.add_object("geolocation", place, relationship="located")
+
+    asn, _, holder = str(data.get("asn") or "").partition(" ")
+    if re.fullmatch(r"AS\d+", asn, re.IGNORECASE):
+        answer.add_object(
+            "asn",
+            {"asn": asn[2:], "description": holder.strip()},
+            relationship="hosts" if kind in ("domain", "hostname") else "includes",
+        )
+
+
+def add_malware(answer: Answer, kind: str, value: str, data: dict[str, Any]) -> None:
+    """Add the malware samples OTX ties to the indicator as file objects."""
+    samples = [
+        sample
+        for sample in data.get("data") or []
+        if isinstance(sample, dict) and len(str(sample.get("hash"))) in HASH_RELATIONS
+    ]
+    shown = samples[:MAX_MALWARE]
+    for sample in shown:
+        digest = str(sample["hash"]).lower()
+        detections = sample.get("detections") or {}
+        parts = [f"seen {sample['date']}"] if sample.get("date") else []
+        parts += [f"{engine}: {name}" for engine, name in detections.items() if name]
+        answer.add_object(
+            "file",
+            {HASH_RELATIONS[len(digest)]: digest},
+            relationship="communicates-with",
+            comment="; ".join(parts),
+        )
+    total = max(as_int(data.get("count")), len(samples))
+    note_truncation(answer, total, len(shown), f"malware samples of {value}")
+
+
+def url_relationship(kind: str, url: str, value: str) -> str:
+    """Say how a URL OTX lists relates to the enriched indicator."""
+    if kind != "url":
+        return "hosted-by"
+    return "describes" if url == value else "related-to"
+
+
+def add_urls(answer: Answer, kind: str, value: str, data: dict[str, Any]) -> None:
+    """Add the URLs OTX lists for the indicator as url objects."""
+    entries = [
+        entry
+        for entry in data.get("url_list") or []
+        if isinstance(entry, dict) and entry.get("url")
+    ]
+    shown = entries[:MAX_URLS]
+    for entry in shown:
+        worker = (entry.get("result") or {}).get("urlworker") or {}
+        code = worker.get("http_code") or entry.get("httpcode")
+        seen = [f"seen {entry['date']}" if entry.get("date") else ""]
+        seen.append(f"HTTP {code}" if code else "")
+        answer.add_object(
+            "url",
+            {
+                "url": entry["url"],
+                "domain": entry.get("domain"),
+                "host": entry.get("hostname"),
+                "ip": ip_or_none(worker.get("ip")),
+            },
+            relationship=url_relationship(kind, str(entry["url"]), value),
+            comment=", ".join(part for part in seen if part),
+        )
+    total = max(as_int(data.get("full_size")), len(entries))
+    note_truncation(answer, total, len(shown), f"URLs of {value}")
+
+
+def add_analysis(answer: Answer, kind: str, value: str, data: dict[str, Any]) -> None:
+    """Add OTX's analysis of a file as a file object."""
+    analysis = data.get("analysis") or {}
+    results = (analysis.get("info") or {}).get("results") or {}
+    facts = {
+        "md5": results.get("md5"),
+        "sha1": results.get("sha1"),
+        "sha256": results.get("sha256"),
+        "ssdeep": results.get("ssdeep"),
+        "size-in-bytes": number(results.get("filesize")),
+        "magic": results.get("file_type"),
+    }
+    if not any(facts[key] for key in FILE_KEYS):
+        answer.note(f"otx: no file analysis of {value}")
+        return
+    answer.add_object("file", facts, relationship="describes")
+
+
+def add_reputation(answer: Answer, kind: str, value: str, data: dict[str, Any]) -> None:
+    """Add OTX's reputation of an address, when it has one."""
+    reputation = data.get("reputation")
+    if not isinstance(reputation, dict):
+        return
+    facts = {
+        "threat score": reputation.get("threat_score"),
+        "activities": ", ".join(names(reputation.get("activities"))),
+        "blocklists": ", ".join(names(reputation.get("matched_bl"))),
+        "first seen": reputation.get("first_seen"),
+        "last seen": reputation.get("last_seen"),
+    }
+    text = "; ".join(
+        f"{key}: {fact}" for key, fact in facts.items() if fact not in (None, "")
+    )
+    if text:
+        # misp-objects has no generic reputation template; an annotation
+        # keeps OTX's verdict as text attached to the attribute.
+        answer.add_object(
+            "annotation",
+            {"text": f"AlienVault OTX reputation of {value}: {text}", "type": "Other"},
+            relationship="annotates",
+        )
+
+
+SECTION_MAPPERS = {
+    "reputation": add_reputation,
+    "geo": add_geo,
+    "malware": add_malware,
+    "url_list": add_urls,
+    "passive_dns": add_passive_dns,
+    "analysis": add_analysis,
+}
+
+
+def add_indicator(
+    answer: Answer,
+    kind: str,
+    value: str,
+    sections: dict[str, dict[str, Any] | None],
+    seen: set[str],
+) -> str:
+    """Add what OTX knows about one indicator; return its summary."""
+    general = sections.get("general")
+    if general is None:
+        answer.note(f"otx: {value} is not known to AlienVault OTX")
+        summary = "not known"
+    else:
+        summary = add_pulses(answer, value, general, seen)
+
+    for section, data in sections.items():
+        if data is not None and section in SECTION_MAPPERS:
+            SECTION_MAPPERS[section](answer, kind, value, data)
+    return summary
+
+
+class OTX(ExpansionModule):
+    name = "otx"
+    title = "AlienVault OTX"
+    description = (
+        "Look an IP address, domain, hostname, URL or file hash up in AlienVault "
+        "OTX: the pulses that mention it (report objects, ATT&CK galaxy tags), "
+        "passive DNS, related malware and URLs, geolocation, ASN, reputation and "
+        "file analysis."
+    )
+    input_types = (
+        "ip-src",
+        "ip-dst",
+        "ip-src|port",
+        "ip-dst|port",
+        "domain",
+        "domain|ip",
+        "hostname",
+        "url",
+        "md5",
+        "sha1",
+        "sha256",
+    )
+    output_types = (
+        "text",
+        "link",
+        "url",
+        "domain",
+        "hostname",
+        "ip-dst",
+        "AS",
+        "md5",
+        "sha1",
+        "sha256",
+        "ssdeep",
+    )
+    references = (
+        "https://otx.alienvault.com/api",
+        "https://github.com/AlienVault-OTX/OTX-Python-SDK",
+    )
+    features = (
+        "Fetches the OTX DirectConnect v1 indicator sections concurrently; hover "
+        "asks only for the pulses. The apikey setting is optional: without it OTX "
+        f"answers at a lower rate. Shows at most {MAX_PULSES} pulses and "
+        f"{MAX_PASSIVE_DNS} passive DNS records, malware samples and URLs each, "
+        "and says in a note how many there were. An unknown indicator or one in "
+        "no pulse is a result, not an error."
+    )
+    Config = Config
+
+    base_url = "https://otx.alienvault.com/api/v1"
+    # OTX answers 403, not 401, for an invalid key.
+    auth_statuses = (401, 403)
+    cache_ttl = 6 * 3600
+    not_found_ttl = 3600
+    rate_limits = ("10000/hour",)
+    third_party = True
+
+    async def enrich(
+        self, observable: Observable, config: Config, ctx: Context
+    ) -> Answer:
+        targets = indicators(observable)
+        headers = auth_headers(config)
+
+        try:
+            found = await fetch_all(ctx, headers, targets)
+        except AuthFailed as err:
+            if config.apikey is None:
+                raise ConfigError(
+                    "otx: AlienVault OTX refused a query without an API key; set "
+                    "the otx apikey in MISP or MISP_ENRICH_OTX_APIKEY"
+                ) from err
+            raise
+
+        answer = ctx.answer()
+        seen: set[str] = set()
+        summaries = [
+            (value, add_indicator(answer, kind, value, found[kind, value], seen))
+            for kind, value in targets
+        ]
+
+        if len(summaries) == 1:
+            answer.summary = f"{self.title}: {summaries[0][1]}"
+        else:
+            answer.summary = f"{self.title}: " + " | ".join(
+                f"{value}: {summary}" for value, summary in summaries
+            )
+        return answer

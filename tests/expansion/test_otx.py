@@ -1,0 +1,830 @@
+"""The otx module through the app, against a fake OTX on 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from tests.conftest import misp_request
+from tests.fakes.http import FakeUpstream, Reply
+from tests.fakes.modules.otx import (
+    DOMAIN,
+    HOSTNAME,
+    IPV4,
+    IPV6,
+    MD5,
+    SHA1,
+    SHA256,
+    URL,
+    install,
+    payload,
+    route,
+)
+
+KEY = "OTX-SECRET-4c1b7e"
+IPV4_SECTIONS = ("general", "reputation", "geo", "malware", "url_list", "passive_dns")
+HOST_SECTIONS = ("general", "geo", "malware", "url_list", "passive_dns")
+
+C2_PULSE = (
+    "report",
+    {
+        "title": ["Example C2 infrastructure"],
+        "type": ["OTX pulse"],
+        "summary": [
+            "Command and control servers seen in a phishing wave.",
+            "author: example_user; TLP: white; created: 2024-05-01; tags: c2, "
+            "phishing; adversary: Example Spider; malware families: ExampleRAT; "
+            "ATT&CK: T1071, T1059.001, TA0011",
+        ],
+        "link": [
+            "https://otx.alienvault.com/pulse/65a1b2c3d4e5f60718293a4b",
+            "https://example.com/reports/c2-2024",
+        ],
+    },
+    "mentions",
+)
+SCAN_PULSE = (
+    "report",
+    {
+        "title": ["Scanning hosts, week 21"],
+        "type": ["OTX pulse"],
+        "summary": ["author: scan_watch; TLP: green; created: 2024-05-20"],
+        "link": ["https://otx.alienvault.com/pulse/65a1b2c3d4e5f60718293a4c"],
+    },
+    "mentions",
+)
+PHISHING_PULSE = (
+    "report",
+    {
+        "title": ["Phishing kit domains"],
+        "type": ["OTX pulse"],
+        "summary": [
+            "Domains hosting a credential phishing kit.",
+            "author: phish_hunter; TLP: white; created: 2024-04-04; tags: phishing, "
+            "credential theft; ATT&CK: T1566.002",
+        ],
+        "link": [
+            "https://otx.alienvault.com/pulse/65a1b2c3d4e5f60718293c01",
+            "https://example.org/blog/phishing-kit",
+        ],
+    },
+    "mentions",
+)
+IPV4_OBJECTS = [
+    C2_PULSE,
+    SCAN_PULSE,
+    (
+        "annotation",
+        {
+            "text": [
+                "AlienVault OTX reputation of 198.51.100.7: threat score: 5; "
+                "activities: Malicious Host; blocklists: Example Blocklist; first "
+                "seen: 2024-04-28T00:00:00; last seen: 2024-06-01T00:00:00"
+            ],
+            "type": ["Other"],
+        },
+        "annotates",
+    ),
+    (
+        "geolocation",
+        {
+            "countrycode": ["US"],
+            "country": ["United States of America"],
+            "city": ["Springfield"],
+            "region": ["IL"],
+            "latitude": ["39.8"],
+            "longitude": ["-89.65"],
+            "zipcode": ["62701"],
+            "accuracy-radius": ["50"],
+        },
+        "located",
+    ),
+    ("asn", {"asn": ["64500"], "description": ["EXAMPLE-NET"]}, "includes"),
+    (
+        "file",
+        {
+            "sha256": [
+                "3b0969bc994862e5679b80fb6a10e9870b3980a95ebe8a38ce2f25239f6780d3"
+            ]
+        },
+        "communicates-with",
+    ),
+    (
+        "file",
+        {
+            "sha256": [
+                "4e7855970bc697b981494e9f7fac428af527cca14bd0d89dc4c5b726d576ba1a"
+            ]
+        },
+        "communicates-with",
+    ),
+    (
+        "url",
+        {"url": ["http://198.51.100.7/gate.php"], "ip": ["198.51.100.7"]},
+        "hosted-by",
+    ),
+    (
+        "url",
+        {
+            "url": ["http://c2.example.net/panel/"],
+            "domain": ["example.net"],
+            "host": ["c2.example.net"],
+            "ip": ["198.51.100.7"],
+        },
+        "hosted-by",
+    ),
+    (
+        "passive-dns",
+        {
+            "rrname": ["c2.example.net"],
+            "rrtype": ["A"],
+            "rdata": ["198.51.100.7"],
+            "time_first": ["2024-03-02T10:00:00+00:00"],
+            "time_last": ["2024-06-01T09:30:00+00:00"],
+        },
+        "resolves-to",
+    ),
+    (
+        "passive-dns",
+        {
+            "rrname": ["old.example.net"],
+            "rrtype": ["A"],
+            "rdata": ["198.51.100.7"],
+            "time_first": ["2024-01-10T08:00:00+00:00"],
+            "time_last": ["2024-03-01T09:30:00+00:00"],
+        },
+        "resolves-to",
+    ),
+]
+IPV4_COMMENTS = [
+    "",
+    "",
+    "",
+    "",
+    "",
+    "seen 2024-05-29T16:26:40; clamav: Win.Trojan.Example-1; "
+    "msdefender: Trojan:Win32/Example.A",
+    "seen 2024-05-18T02:40:00",
+    "seen 2024-05-30T12:00:00, HTTP 200",
+    "seen 2024-05-21T09:15:00, HTTP 404",
+    "",
+    "",
+]
+IPV4_TAGS = [
+    'misp-galaxy:mitre-attack-pattern="Application Layer Protocol - T1071"',
+    'misp-galaxy:mitre-attack-pattern="PowerShell - T1059.001"',
+]
+FILE_OBJECTS = [
+    (
+        "report",
+        {
+            "title": ["ExampleRAT loader samples"],
+            "type": ["OTX pulse"],
+            "summary": [
+                "Loader samples dropping ExampleRAT.",
+                "author: malware_lab; TLP: green; created: 2024-03-03; tags: loader; "
+                "malware families: ExampleRAT; ATT&CK: T1059.001, S0001",
+            ],
+            "link": [
+                "https://otx.alienvault.com/pulse/65a1b2c3d4e5f60718293d01",
+                "https://example.net/analysis/loader",
+            ],
+        },
+        "mentions",
+    ),
+    (
+        "file",
+        {
+            "md5": [MD5],
+            "sha1": [SHA1],
+            "sha256": [SHA256],
+            "ssdeep": ["1536:Zm3XaGxQ2vFz8bQ9p7LkS1a:Zm3XaGxQ2vFz8bQ9p7LkS1a"],
+            "size-in-bytes": ["73802"],
+            "magic": ["PE32 executable (GUI) Intel 80386, for MS Windows"],
+        },
+        "describes",
+    ),
+]
+
+
+def otx_request(name: str, **attribute: str) -> dict[str, Any]:
+    """Return a MISP body from tests/payloads/requests/, aimed at otx."""
+    body = misp_request(name)
+    body["module"] = "otx"
+    body["config"] = {"apikey": KEY}
+    body["attribute"].update(attribute)
+    return body
+
+
+def shapes(
+    body: dict[str, Any], uuid: str
+) -> list[tuple[str, dict[str, list[Any]], str]]:
+    """Return each object as (name, {relation: values}, relationship)."""
+    found = []
+    for obj in body["results"].get("Object", []):
+        values: dict[str, list[Any]] = {}
+        for attribute in obj["Attribute"]:
+            values.setdefault(attribute["object_relation"], []).append(
+                attribute["value"]
+            )
+        references = obj["ObjectReference"]
+        assert [r["referenced_uuid"] for r in references] == [uuid], obj["name"]
+        found.append((obj["name"], values, references[0]["relationship_type"]))
+    return found
+
+
+def tags(body: dict[str, Any]) -> list[str]:
+    return [tag["name"] for tag in body["results"].get("Tag", [])]
+
+
+def paths(upstream: FakeUpstream) -> list[str]:
+    return sorted(request.path for request in upstream.requests)
+
+
+def section_paths(kind: str, value: str, sections: tuple[str, ...]) -> list[str]:
+    return sorted(f"/indicators/{kind}/{value}/{section}" for section in sections)
+
+
+@pytest.fixture
+async def otx(
+    make_client: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """Return a client whose otx module talks to the fake OTX."""
+    install(upstream)
+    monkeypatch.setenv("MISP_ENRICH_OTX_BASE_URL", upstream.url)
+    monkeypatch.delenv("MISP_ENRICH_OTX_APIKEY", raising=False)
+    return await make_client()
+
+
+async def query(client: Any, body: dict[str, Any]) -> dict[str, Any]:
+    response = await client.post("/query", json=body)
+    assert response.status == 200
+    return await response.json()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"),
+    [
+        ("ip-src", IPV4),
+        ("ip-dst", IPV4),
+        ("ip-src|port", f"{IPV4}|8080"),
+        ("ip-dst|port", f"{IPV4}|443"),
+    ],
+)
+async def test_ipv4_answers_every_section(
+    otx: Any, upstream: FakeUpstream, kind: str, value: str
+) -> None:
+    body = otx_request("enrich-button-domain", type=kind, value=value)
+    uuid = body["attribute"]["uuid"]
+
+    answer = await query(otx, body)
+
+    assert shapes(answer, uuid) == IPV4_OBJECTS
+    comments = [obj.get("comment", "") for obj in answer["results"]["Object"]]
+    assert comments == IPV4_COMMENTS
+    assert tags(answer) == IPV4_TAGS
+    assert "comment" not in answer
+    assert paths(upstream) == section_paths("IPv4", IPV4, IPV4_SECTIONS)
+
+
+async def test_key_goes_in_the_header_and_limits_in_the_query(
+    otx: Any, upstream: FakeUpstream
+) -> None:
+    body = otx_request("enrich-button-domain", type="ip-src", value=IPV4)
+
+    await query(otx, body)
+
+    assert len(upstream.requests) == len(IPV4_SECTIONS)
+    for request in upstream.requests:
+        assert request.headers["X-OTX-API-KEY"] == KEY
+        assert KEY not in request.url
+        section = request.path.rsplit("/", 1)[1]
+        expected = {"limit": "10"} if section in ("malware", "url_list") else {}
+        assert request.query == expected, section
+
+
+async def test_ipv6_port_asks_the_ipv6_endpoints(
+    otx: Any, upstream: FakeUpstream
+) -> None:
+    body = otx_request("composite-ipv6-port")
+    uuid = body["attribute"]["uuid"]
+
+    answer = await query(otx, body)
+
+    assert shapes(answer, uuid) == [
+        (
+            "report",
+            {
+                "title": ["IPv6 relay nodes"],
+                "type": ["OTX pulse"],
+                "summary": [
+                    "author: v6_watch; TLP: amber; created: 2024-02-11; tags: relay; "
+                    "ATT&CK: T1090"
+                ],
+                "link": ["https://otx.alienvault.com/pulse/65a1b2c3d4e5f60718293b01"],
+            },
+            "mentions",
+        ),
+        (
+            "geolocation",
+            {
+                "countrycode": ["NL"],
+                "country": ["Netherlands"],
+                "latitude": ["52.3824"],
+                "longitude": ["4.8995"],
+                "accuracy-radius": ["100"],
+            },
+            "located",
+        ),
+        ("asn", {"asn": ["64501"], "description": ["EXAMPLE-V6"]}, "includes"),
+        (
+            "passive-dns",
+            {
+                "rrname": ["relay.example.org"],
+                "rrtype": ["AAAA"],
+                "rdata": [IPV6],
+                "time_first": ["2024-02-01T00:00:00+00:00"],
+                "time_last": ["2024-02-20T00:00:00+00:00"],
+            },
+            "resolves-to",
+        ),
+    ]
+    assert tags(answer) == ['misp-galaxy:mitre-attack-pattern="Proxy - T1090"']
+    assert paths(upstream) == section_paths("IPv6", IPV6, IPV4_SECTIONS)
+
+
+async def test_domain(otx: Any, upstream: FakeUpstream) -> None:
+    body = otx_request("enrich-button-domain")
+    uuid = body["attribute"]["uuid"]
+
+    answer = await query(otx, body)
+
+    assert shapes(answer, uuid) == [
+        PHISHING_PULSE,
+        (
+            "geolocation",
+            {
+                "countrycode": ["DE"],
+                "country": ["Germany"],
+                "city": ["Frankfurt am Main"],
+                "region": ["HE"],
+                "latitude": ["50.1109"],
+                "longitude": ["8.6821"],
+                "zipcode": ["60311"],
+                "accuracy-radius": ["20"],
+            },
+            "located",
+        ),
+        ("asn", {"asn": ["64502"], "description": ["EXAMPLE-HOSTING"]}, "hosts"),
+        (
+            "url",
+            {
+                "url": [URL],
+                "domain": [DOMAIN],
+                "host": ["login.example.com"],
+                "ip": ["192.0.2.11"],
+            },
+            "hosted-by",
+        ),
+        (
+            "passive-dns",
+            {
+                "rrname": ["login.example.com"],
+                "rrtype": ["A"],
+                "rdata": ["192.0.2.11"],
+                "time_first": ["2024-01-15T00:00:00+00:00"],
+                "time_last": ["2024-05-20T00:00:00+00:00"],
+            },
+            "sub-domain-of",
+        ),
+        (
+            "passive-dns",
+            {
+                "rrname": [DOMAIN],
+                "rrtype": ["A"],
+                "rdata": ["192.0.2.10"],
+                "time_first": ["2023-11-01T00:00:00+00:00"],
+                "time_last": ["2024-05-01T00:00:00+00:00"],
+            },
+            "describes",
+        ),
+    ]
+    assert tags(answer) == [
+        'misp-galaxy:mitre-attack-pattern="Spearphishing Link - T1566.002"'
+    ]
+    assert paths(upstream) == section_paths("domain", DOMAIN, HOST_SECTIONS)
+
+
+async def test_hostname_in_no_pulse_with_sections_missing(
+    otx: Any, upstream: FakeUpstream
+) -> None:
+    body = otx_request("enrich-button-domain", type="hostname", value=HOSTNAME)
+    uuid = body["attribute"]["uuid"]
+
+    answer = await query(otx, body)
+
+    # geo, malware and url_list answer 404 here: no data, not an error.
+    assert shapes(answer, uuid) == [
+        (
+            "passive-dns",
+            {
+                "rrname": [HOSTNAME],
+                "rrtype": ["A"],
+                "rdata": ["192.0.2.10"],
+                "time_first": ["2023-06-01T00:00:00+00:00"],
+                "time_last": ["2024-06-01T00:00:00+00:00"],
+            },
+            "describes",
+        )
+    ]
+    assert answer["comment"] == "otx: www.example.com is in no AlienVault OTX pulse"
+    assert "Tag" not in answer["results"]
+    assert paths(upstream) == section_paths("hostname", HOSTNAME, HOST_SECTIONS)
+
+
+async def test_domain_ip_asks_both_and_shows_a_shared_pulse_once(
+    otx: Any, upstream: FakeUpstream
+) -> None:
+    general = payload("ipv4-general")
+    general["pulse_info"]["pulses"].append(
+        payload("domain-general")["pulse_info"]["pulses"][0]
+    )
+    general["pulse_info"]["count"] = 3
+    upstream.add(route("IPv4", IPV4, "general"), general)
+    body = otx_request("composite-domain-ip", value=f"{DOMAIN}|{IPV4}")
+    uuid = body["attribute"]["uuid"]
+
+    answer = await query(otx, body)
+
+    names = [name for name, _, _ in shapes(answer, uuid)]
+    assert names == [
+        "report",
+        "geolocation",
+        "asn",
+        "url",
+        "passive-dns",
+        "passive-dns",
+        "report",
+        "report",
+        "annotation",
+        "geolocation",
+        "asn",
+        "file",
+        "file",
+        "url",
+        "url",
+        "passive-dns",
+        "passive-dns",
+    ]
+    assert shapes(answer, uuid)[0] == PHISHING_PULSE
+    assert paths(upstream) == sorted(
+        section_paths("domain", DOMAIN, HOST_SECTIONS)
+        + section_paths("IPv4", IPV4, IPV4_SECTIONS)
+    )
+
+
+async def test_url(otx: Any, upstream: FakeUpstream) -> None:
+    body = otx_request("defanged-url")
+    uuid = body["attribute"]["uuid"]
+
+    answer = await query(otx, body)
+
+    assert shapes(answer, uuid) == [
+        (
+            "report",
+            {
+                "title": ["Phishing kit domains"],
+                "type": ["OTX pulse"],
+                "summary": [
+                    "Domains hosting a credential phishing kit.",
+                    "author: phish_hunter; TLP: white; created: 2024-04-04; "
+                    "tags: phishing",
+                ],
+                "link": ["https://otx.alienvault.com/pulse/65a1b2c3d4e5f60718293c01"],
+            },
+            "mentions",
+        ),
+        (
+            "url",
+            {
+                "url": [URL],
+                "domain": [DOMAIN],
+                "host": ["login.example.com"],
+                "ip": ["192.0.2.11"],
+            },
+            "describes",
+        ),
+    ]
+    assert paths(upstream) == section_paths("url", URL, ("general", "url_list"))
+
+
+@pytest.mark.parametrize(
+    ("kind", "value"), [("md5", MD5), ("sha1", SHA1), ("sha256", SHA256)]
+)
+async def test_file_hash(
+    otx: Any, upstream: FakeUpstream, kind: str, value: str
+) -> None:
+    body = otx_request("background-sha256", type=kind, value=value.upper())
+    uuid = body["attribute"]["uuid"]
+
+    answer = await query(otx, body)
+
+    assert shapes(answer, uuid) == FILE_OBJECTS
+    # "Command and Scripting Interpreter: PowerShell" is the galaxy's
+    # "PowerShell"; S0001 is software, not a technique.
+    assert tags(answer) == ['misp-galaxy:mitre-attack-pattern="PowerShell - T1059.001"']
+    assert paths(upstream) == section_paths("file", value, ("general", "analysis"))
+
+
+async def test_file_without_analysis_is_noted(otx: Any, upstream: FakeUpstream) -> None:
+    upstream.add(route("file", SHA256, "analysis"), payload("file-analysis-unknown"))
+    body = otx_request("background-sha256", value=SHA256)
+
+    answer = await query(otx, body)
+
+    assert [name for name, _, _ in shapes(answer, body["attribute"]["uuid"])] == [
+        "report"
+    ]
+    assert answer["comment"] == f"otx: no file analysis of {SHA256}"
+
+
+async def test_hover_asks_only_for_pulses(otx: Any, upstream: FakeUpstream) -> None:
+    body = otx_request("hover-ip")
+    uuid = body["attribute"]["uuid"]
+
+    answer = await query(otx, body)
+
+    summary = (
+        "AlienVault OTX: in 2 pulses: Example C2 infrastructure; Scanning hosts, "
+        "week 21"
+    )
+    assert answer["results"]["Attribute"] == [
+        {"type": "text", "value": summary, "category": "Other"}
+    ]
+    assert shapes(answer, uuid) == [C2_PULSE, SCAN_PULSE]
+    assert tags(answer) == IPV4_TAGS
+    assert paths(upstream) == [f"/indicators/IPv4/{IPV4}/general"]
+
+
+async def test_hover_summary_names_the_top_three_pulses(
+    otx: Any, upstream: FakeUpstream
+) -> None:
+    general = payload("ipv4-general")
+    pulse = general["pulse_info"]["pulses"][1]
+    general["pulse_info"]["pulses"] = [
+        {**pulse, "id": f"65a1b2c3d4e5f607182930{n:02d}", "name": f"Pulse {n}"}
+        for n in range(5)
+    ]
+    general["pulse_info"]["count"] = 5
+    upstream.add(route("IPv4", IPV4, "general"), general)
+
+    answer = await query(otx, otx_request("hover-ip"))
+
+    assert answer["results"]["Attribute"][0]["value"] == (
+        "AlienVault OTX: in 5 pulses: Pulse 0; Pulse 1; Pulse 2"
+    )
+
+
+async def test_no_pulses_is_an_answer(otx: Any, upstream: FakeUpstream) -> None:
+    general = payload("ipv4-general")
+    general["pulse_info"].update(count=0, pulses=[], references=[])
+    upstream.add(route("IPv4", IPV4, "general"), general)
+    body = otx_request("hover-ip")
+
+    answer = await query(otx, body)
+
+    assert "error" not in answer
+    assert answer["results"] == {
+        "Attribute": [
+            {
+                "type": "text",
+                "value": "AlienVault OTX: in no pulses",
+                "category": "Other",
+            }
+        ]
+    }
+    assert answer["comment"] == "otx: 198.51.100.7 is in no AlienVault OTX pulse"
+
+
+async def test_unknown_indicator_is_an_answer(
+    make_client: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No route installed: every section answers 404.
+    monkeypatch.setenv("MISP_ENRICH_OTX_BASE_URL", upstream.url)
+    client = await make_client()
+
+    answer = await query(client, otx_request("hover-ip"))
+
+    assert answer == {
+        "results": {
+            "Attribute": [
+                {
+                    "type": "text",
+                    "value": "AlienVault OTX: not known",
+                    "category": "Other",
+                }
+            ]
+        },
+        "comment": "otx: 198.51.100.7 is not known to AlienVault OTX",
+    }
+
+
+async def test_long_sections_are_capped_with_a_note(
+    otx: Any, upstream: FakeUpstream
+) -> None:
+    general = payload("ipv4-general")
+    pulse = general["pulse_info"]["pulses"][1]
+    general["pulse_info"]["pulses"] = [
+        {**pulse, "id": f"65a1b2c3d4e5f607182931{n:02d}", "name": f"Pulse {n}"}
+        for n in range(12)
+    ]
+    general["pulse_info"]["count"] = 57
+    upstream.add(route("IPv4", IPV4, "general"), general)
+    record = payload("ipv4-passive_dns")["passive_dns"][0]
+    records = [
+        {**record, "hostname": f"h{n}.example.net", "last": f"2024-02-{n + 1:02d}"}
+        for n in range(25)
+    ]
+    upstream.add(
+        route("IPv4", IPV4, "passive_dns"), {"passive_dns": records, "count": 57}
+    )
+    malware = payload("ipv4-malware")
+    malware["count"] = 31
+    upstream.add(route("IPv4", IPV4, "malware"), malware)
+    body = otx_request("enrich-button-domain", type="ip-src", value=IPV4)
+
+    answer = await query(otx, body)
+
+    objects = shapes(answer, body["attribute"]["uuid"])
+    reports = [values["title"][0] for name, values, _ in objects if name == "report"]
+    assert reports == [f"Pulse {n}" for n in range(10)]
+    rrnames = [v["rrname"][0] for name, v, _ in objects if name == "passive-dns"]
+    assert rrnames == [f"h{n}.example.net" for n in range(24, 14, -1)]
+    assert answer["comment"] == (
+        "otx: 57 pulses mention 198.51.100.7, 10 shown; "
+        "otx: 31 malware samples of 198.51.100.7, 2 shown; "
+        "otx: 57 passive DNS records of 198.51.100.7, 10 shown"
+    )
+
+
+async def test_keyless_use_sends_no_key(otx: Any, upstream: FakeUpstream) -> None:
+    body = otx_request("missing-api-key")
+    body["config"] = {"apikey": ""}
+
+    answer = await query(otx, body)
+
+    assert len(shapes(answer, body["attribute"]["uuid"])) == len(IPV4_OBJECTS)
+    assert len(upstream.requests) == len(IPV4_SECTIONS)
+    assert all("X-OTX-API-KEY" not in r.headers for r in upstream.requests)
+
+
+async def test_server_side_key_is_used(
+    otx: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MISP_ENRICH_OTX_APIKEY", "SERVER-SIDE-KEY")
+    body = otx_request("missing-api-key")
+    body["config"] = {"apikey": ""}
+
+    await query(otx, body)
+
+    assert {r.headers["X-OTX-API-KEY"] for r in upstream.requests} == {
+        "SERVER-SIDE-KEY"
+    }
+
+
+async def test_keyless_refusal_names_the_setting(
+    otx: Any, upstream: FakeUpstream
+) -> None:
+    upstream.add(route("IPv4", IPV4, "general"), Reply(403, payload("invalid-key")))
+    body = otx_request("missing-api-key")
+    body["config"] = {"apikey": None}
+
+    answer = await query(otx, body)
+
+    assert answer == {
+        "error": "otx: AlienVault OTX refused a query without an API key; set the "
+        "otx apikey in MISP or MISP_ENRICH_OTX_APIKEY",
+        "results": [],
+    }
+
+
+INVALID_KEY = payload("invalid-key")
+
+
+@pytest.mark.parametrize(
+    ("section", "reply", "error"),
+    [
+        (
+            "general",
+            Reply(403, INVALID_KEY),
+            "AlienVault OTX: the API key was refused: HTTP 403 (Authentication "
+            "credentials were not provided or are invalid.); check the module's "
+            "apikey setting",
+        ),
+        (
+            "general",
+            Reply(429, {"detail": "Throttled"}, headers={"Retry-After": "30"}),
+            "AlienVault OTX: rate limited: HTTP 429 (Throttled); the API quota is "
+            "used up, retry in 30 s",
+        ),
+        (
+            "general",
+            Reply(503, raw=b"<html>Service Unavailable</html>"),
+            "AlienVault OTX: unavailable: HTTP 503",
+        ),
+        (
+            "passive_dns",
+            Reply(502, raw=b"Bad Gateway"),
+            "AlienVault OTX: unavailable: HTTP 502",
+        ),
+        (
+            "general",
+            Reply(raw=b"not json"),
+            "AlienVault OTX: sent a malformed answer: the answer is not valid JSON",
+        ),
+        (
+            "geo",
+            Reply(body=["not", "an", "object"]),
+            "AlienVault OTX: sent a malformed answer: the geo section is not an object",
+        ),
+    ],
+    ids=[
+        "invalid-key",
+        "rate-limited",
+        "5xx",
+        "5xx-on-a-section",
+        "not-json",
+        "not-an-object",
+    ],
+)
+async def test_upstream_errors(
+    otx: Any, upstream: FakeUpstream, section: str, reply: Reply, error: str
+) -> None:
+    upstream.add(route("IPv4", IPV4, section), reply)
+    body = otx_request("enrich-button-domain", type="ip-src", value=IPV4)
+
+    answer = await query(otx, body)
+
+    assert answer == {"error": error, "results": []}
+
+
+async def test_timeout(
+    make_client: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install(upstream)
+    upstream.add(
+        route("IPv4", IPV4, "general"), Reply(body=payload("ipv4-general"), delay=1.0)
+    )
+    monkeypatch.setenv("MISP_ENRICH_OTX_BASE_URL", upstream.url)
+    client = await make_client(deadline=0.5, upstream_timeout=0.3)
+    body = otx_request("enrich-button-domain", type="ip-src", value=IPV4)
+
+    answer = await query(client, body)
+
+    assert answer == {
+        "error": "AlienVault OTX: timed out: no answer within 0.3 s",
+        "results": [],
+    }
+
+
+@pytest.mark.parametrize("reply", [None, Reply(403, INVALID_KEY)], ids=["ok", "403"])
+async def test_key_never_leaks(
+    otx: Any,
+    upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+    reply: Reply | None,
+) -> None:
+    if reply is not None:
+        upstream.add(route("IPv4", IPV4, "general"), reply)
+    body = otx_request("enrich-button-domain", type="ip-src", value=IPV4)
+
+    with caplog.at_level(logging.DEBUG):
+        response = await otx.post("/query", json=body)
+        text = await response.text()
+
+    assert KEY not in text
+    assert KEY not in caplog.text
+    assert upstream.requests[0].headers["X-OTX-API-KEY"] == KEY
+
+
+async def test_modules_lists_otx(otx: Any) -> None:
+    response = await otx.get("/modules")
+    entry = next(m for m in await response.json() if m["name"] == "otx")
+
+    assert entry["meta"]["config"] == ["apikey"]
+    assert entry["meta"]["module-type"] == ["expansion", "hover"]
+    assert set(entry["mispattributes"]["input"]) == {
+        "ip-src",
+        "ip-dst",
+        "ip-src|port",
+        "ip-dst|port",
+        "domain",
+        "domain|ip",
+        "hostname",
+        "url",
+        "md5",
+        "sha1",
+        "sha256",
+    }
