@@ -45,7 +45,7 @@ PLACE_KEYS = ("latitude", "longitude", "city", "region", "country", "countrycode
 FILE_KEYS = ("md5", "sha1", "sha256", "ssdeep", "size-in-bytes")
 
 
-class Config(ModuleConfig):
+class OTXConfig(ModuleConfig):
     apikey: SecretStr | None = secret(
         "OTX DirectConnect API key; optional, OTX allows fewer queries without one"
     )
@@ -69,7 +69,7 @@ def indicators(observable: Observable) -> list[tuple[str, str]]:
     return found
 
 
-def auth_headers(config: Config) -> dict[str, str]:
+def auth_headers(config: OTXConfig) -> dict[str, str]:
     """Return the header carrying the API key, or none for keyless use."""
     if config.apikey is None:
         return {}
@@ -110,15 +110,14 @@ async def fetch_all(
         *(fetch_section(ctx, headers, *call) for call in calls),
         return_exceptions=True,
     )
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
 
     found: dict[tuple[str, str], dict[str, dict[str, Any] | None]] = {
         target: {} for target in targets
     }
     for (kind, value, section), result in zip(calls, results, strict=True):
-        found[kind, value][section] = result  # type: ignore[assignment]
+        if isinstance(result, BaseException):
+            raise result
+        found[kind, value][section] = result
     return found
 
 
@@ -514,7 +513,7 @@ class OTX(ExpansionModule):
         "and says in a note how many there were. An unknown indicator or one in "
         "no pulse is a result, not an error."
     )
-    Config = Config
+    Config = OTXConfig
 
     base_url = "https://otx.alienvault.com/api/v1"
     # OTX answers 403, not 401, for an invalid key.
@@ -525,7 +524,7 @@ class OTX(ExpansionModule):
     third_party = True
 
     async def enrich(
-        self, observable: Observable, config: Config, ctx: Context
+        self, observable: Observable, config: OTXConfig, ctx: Context
     ) -> Answer:
         targets = indicators(observable)
         headers = auth_headers(config)
