@@ -520,7 +520,7 @@ def truncation_note(entity: Entity, link: Link, page: Page, limit: int) -> str |
 # The module.
 
 
-class Config(ModuleConfig):
+class VirusTotalConfig(ModuleConfig):
     apikey: SecretStr | None = secret("VirusTotal API key (public or premium)")
     event_limit: int = setting(
         5,
@@ -587,7 +587,7 @@ class VirusTotal(ExpansionModule):
         "each; relationships a public key may not read are skipped with a note. "
         "Hover answers a one-line verdict without the relationship calls."
     )
-    Config = Config
+    Config = VirusTotalConfig
     base_url = "https://www.virustotal.com/api/v3"
     third_party = True
     cache_ttl = 86400
@@ -596,7 +596,7 @@ class VirusTotal(ExpansionModule):
     rate_limits = ("4/minute", "500/day")
 
     async def enrich(
-        self, observable: Observable, config: Config, ctx: Context
+        self, observable: Observable, config: VirusTotalConfig, ctx: Context
     ) -> Answer:
         if config.apikey is None or not config.apikey.get_secret_value():
             raise ConfigError(NO_KEY)
