@@ -39,6 +39,7 @@ GUI_PATHS = {
 }
 # VT's own cap on one page of related objects.
 MAX_LIMIT = 40
+# A much-shared sample carries hundreds of names seen in the wild.
 MAX_NAMES = 10
 DNS_RELATIONS = {
     "A": "a-record",
@@ -280,7 +281,7 @@ def file_values(
     """Return the file object's values from a VirusTotal file."""
     pe_info = attributes.get("pe_info")
     all_names = list(names or [])
-    for name in [attributes.get("meaningful_name"), *attributes.get("names", [])]:
+    for name in [attributes.get("meaningful_name"), *(attributes.get("names") or [])]:
         if isinstance(name, str) and name and name not in all_names:
             all_names.append(name)
     return {

@@ -9,7 +9,7 @@ import pytest
 
 from expansion.virustotal import VirusTotal, VirusTotalConfig, url_id
 from modules.registry import discover
-from tests.conftest import misp_request
+from tests.conftest import load_payload, misp_request
 from tests.fakes.http import FakeUpstream, Reply
 from tests.fakes.modules import virustotal as fake
 from tests.fakes.modules.virustotal import (
@@ -478,6 +478,25 @@ async def test_ip_address(client: Any, vt: FakeUpstream) -> None:
     ]
     assert paths(vt) == [f"/ip_addresses/{IP}", *IP_RELATIONSHIPS]
     assert_key_sent_in_header_only(vt)
+
+
+async def test_ipv6_address(client: Any, vt: FakeUpstream) -> None:
+    payload = load_payload("virustotal/ip.json")
+    payload["data"].update(id="2001:db8::5")
+    vt.add("GET /ip_addresses/2001:db8::5", payload)
+    vt.add("GET /ip_addresses/2001:db8::5/resolutions", {"data": [], "meta": {}})
+
+    answer = await query(client, attribute_request("ip-dst", "2001:DB8:0::5"))
+
+    assert shape(answer)[0]["values"] == [("ip", "2001:db8::5")]
+    assert shape(answer)[1]["values"][0] == (
+        "permalink",
+        "https://www.virustotal.com/gui/ip-address/2001:db8::5",
+    )
+    assert paths(vt) == [
+        "/ip_addresses/2001:db8::5",
+        "/ip_addresses/2001:db8::5/resolutions",
+    ]
 
 
 async def test_file_object_enrichment_uses_its_hash(
