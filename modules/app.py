@@ -13,6 +13,7 @@ from aiohttp import web
 
 from modules import __version__
 from modules.errors import BadRequest, EnrichError, error_body
+from modules.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from modules.openapi import openapi_document
 from modules.protocol import parse_query
 from modules.registry import Registry, modules_body
@@ -52,6 +53,8 @@ async def access_and_errors(
     except web.HTTPException as err:
         text = err.text if err.text and not err.text.startswith("<") else err.reason
         response = json_response({"error": text}, status=err.status)
+    if request.path == "/query":
+        _count_query(request, time.perf_counter() - started)
     access_log.info(
         "%s %s %s %s %d %.1fms",
         request[REQUEST_ID],
@@ -63,6 +66,20 @@ async def access_and_errors(
         extra={"outcome": request.get(OUTCOME, "-")},
     )
     return response
+
+
+def _count_query(request: web.Request, seconds: float) -> None:
+    """Count a query in the metrics, under a module this server has."""
+    enricher = request.app[ENRICHER]
+    module = request.get(MODULE, "-")
+    if module not in enricher.registry.modules:
+        module = "-"
+    enricher.engine.metrics.query(module, request.get(OUTCOME, "-"), seconds)
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    body = request.app[ENRICHER].engine.metrics.render()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 
 async def get_modules(request: web.Request) -> web.Response:
@@ -144,6 +161,12 @@ def create_app(
     app.router.add_get("/healthcheck", get_healthcheck)
     app.router.add_get("/version", get_version)
     app.router.add_get("/openapi.json", get_openapi)
+    app.router.add_get("/metrics", get_metrics)
+
+    async def start_engine(app: web.Application) -> None:
+        await app[ENRICHER].engine.start()
+
+    app.on_startup.append(start_engine)
 
     async def close_enricher(app: web.Application) -> None:
         await app[ENRICHER].close()

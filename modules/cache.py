@@ -1,9 +1,48 @@
-"""Caches of upstream answers (never of whole MISP answers)."""
+"""Caches of upstream answers (never of whole MISP answers).
+
+A key is `<module>:<endpoint>:<key identity>:<query digest>`; no key holds an
+API key or an indicator in clear. Backends never fail a query: the SQLite and
+Redis ones answer a miss while they are unavailable and log the outage once.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import re
+import sqlite3
 import time
-from typing import Protocol
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import aiosqlite
+
+from modules.health import Health
+from modules.redis_state import RedisLink, RedisUnavailable
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Corruption codes: the file is not a database, or its pages are damaged.
+CORRUPT = {sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT}
+PURGE_EVERY = 256
+SCAN_BATCH = 500
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_expires ON entries (expires);
+"""
+
+
+class CacheUnavailable(Exception):
+    """The cache backend cannot be used right now."""
 
 
 class Cache(Protocol):
@@ -11,21 +50,35 @@ class Cache(Protocol):
 
     name: str
 
+    def describe(self) -> str: ...
+
+    async def open(self) -> None: ...
+
     async def get(self, key: str) -> bytes | None: ...
 
     async def set(self, key: str, value: bytes, ttl: float) -> None: ...
 
     async def clear(self, prefix: str = "") -> int: ...
 
-    async def stats(self) -> dict[str, object]: ...
+    async def stats(self) -> dict[str, Any]: ...
 
     async def close(self) -> None: ...
+
+
+def module_of(key: str) -> str:
+    return key.split(":", 1)[0]
 
 
 class NoCache:
     """A cache that keeps nothing."""
 
     name = "none"
+
+    def describe(self) -> str:
+        return "none (every query calls its source)"
+
+    async def open(self) -> None:
+        return None
 
     async def get(self, key: str) -> bytes | None:
         return None
@@ -36,8 +89,8 @@ class NoCache:
     async def clear(self, prefix: str = "") -> int:
         return 0
 
-    async def stats(self) -> dict[str, object]:
-        return {"backend": self.name, "entries": 0}
+    async def stats(self) -> dict[str, Any]:
+        return {"backend": self.name, "state": "up", "entries": 0, "modules": {}}
 
     async def close(self) -> None:
         return None
@@ -52,6 +105,15 @@ class MemoryCache:
         self._entries: dict[str, tuple[float, bytes]] = {}
         self._max_entries = max_entries
 
+    def describe(self) -> str:
+        return f"memory (in this process, up to {self._max_entries} entries)"
+
+    async def open(self) -> None:
+        return None
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
     async def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
         if entry is None:
@@ -63,7 +125,7 @@ class MemoryCache:
         return value
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        if len(self._entries) >= self._max_entries:
+        if key not in self._entries and len(self._entries) >= self._max_entries:
             # Dicts keep insertion order: drop the oldest entry.
             del self._entries[next(iter(self._entries))]
         self._entries[key] = (time.time() + ttl, value)
@@ -74,8 +136,275 @@ class MemoryCache:
             del self._entries[key]
         return len(doomed)
 
-    async def stats(self) -> dict[str, object]:
-        return {"backend": self.name, "entries": len(self._entries)}
+    async def stats(self) -> dict[str, Any]:
+        now = time.time()
+        live = [key for key, (expires, _) in self._entries.items() if expires >= now]
+        return {
+            "backend": self.name,
+            "state": "up",
+            "entries": len(live),
+            "modules": dict(Counter(module_of(key) for key in live)),
+        }
 
     async def close(self) -> None:
         self._entries.clear()
+
+
+class SQLiteCache:
+    """A cache in one SQLite file: the embedded default, kept across restarts."""
+
+    name = "sqlite"
+
+    def __init__(
+        self,
+        path: Path,
+        retry_after: float = 5.0,
+        on_change: Callable[[bool], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.health = Health(f"cache file {self.path}", retry_after, on_change)
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._writes = 0
+
+    def describe(self) -> str:
+        return f"sqlite at {self.path}"
+
+    async def open(self) -> None:
+        """Open the file now, so a start-up problem shows in the log at once."""
+        await self._guarded(lambda db: _noop(), None)
+
+    async def get(self, key: str) -> bytes | None:
+        async def op(db: aiosqlite.Connection) -> bytes | None:
+            async with db.execute(
+                "SELECT value FROM entries WHERE key = ? AND expires >= ?",
+                (key, time.time()),
+            ) as cursor:
+                row = await cursor.fetchone()
+            return bytes(row[0]) if row else None
+
+        return await self._guarded(op, None)
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        async def op(db: aiosqlite.Connection) -> None:
+            now = time.time()
+            await db.execute(
+                "INSERT OR REPLACE INTO entries (key, value, expires) VALUES (?, ?, ?)",
+                (key, value, now + ttl),
+            )
+            self._writes += 1
+            if self._writes % PURGE_EVERY == 0:
+                await db.execute("DELETE FROM entries WHERE expires < ?", (now,))
+            await db.commit()
+
+        await self._guarded(op, None)
+
+    async def clear(self, prefix: str = "") -> int:
+        async def op(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                "DELETE FROM entries WHERE substr(key, 1, ?) = ?",
+                (len(prefix), prefix),
+            )
+            await db.commit()
+            return cursor.rowcount
+
+        return await self._strict(op)
+
+    async def stats(self) -> dict[str, Any]:
+        async def op(db: aiosqlite.Connection) -> dict[str, Any]:
+            now = time.time()
+            async with db.execute(
+                "SELECT substr(key, 1, instr(key, ':') - 1), count(*) FROM entries "
+                "WHERE expires >= ? GROUP BY 1",
+                (now,),
+            ) as cursor:
+                modules = {str(name): int(count) async for name, count in cursor}
+            async with db.execute(
+                "SELECT count(*) FROM entries WHERE expires < ?", (now,)
+            ) as cursor:
+                row = await cursor.fetchone()
+            return {
+                "backend": self.name,
+                "location": str(self.path),
+                "state": "up",
+                "entries": sum(modules.values()),
+                "expired": int(row[0]) if row else 0,
+                "bytes": _size(self.path),
+                "modules": modules,
+            }
+
+        try:
+            return await self._strict(op)
+        except CacheUnavailable as err:
+            return {
+                "backend": self.name,
+                "location": str(self.path),
+                "state": f"down ({err})",
+            }
+
+    async def close(self) -> None:
+        await self._drop()
+
+    async def _guarded(
+        self, op: Callable[[aiosqlite.Connection], Awaitable[T]], default: T
+    ) -> T:
+        """Run an operation; while the file is unusable, answer the default."""
+        try:
+            return await self._strict(op)
+        except CacheUnavailable:
+            return default
+
+    async def _strict(self, op: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        if not self.health.usable():
+            raise CacheUnavailable(self.health.reason)
+        try:
+            result = await op(await self._connection())
+        except (sqlite3.Error, OSError, ValueError) as err:
+            # Drop the connection: the next try reopens, and moves a corrupt
+            # file aside.
+            await self._drop()
+            self.health.failed(err)
+            raise CacheUnavailable(self.health.reason) from err
+        self.health.worked()
+        return result
+
+    async def _connection(self) -> aiosqlite.Connection:
+        async with self._lock:
+            if self._db is None:
+                self._db = await self._open()
+            return self._db
+
+    async def _open(self) -> aiosqlite.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return await self._connect()
+        except sqlite3.DatabaseError as err:
+            if getattr(err, "sqlite_errorcode", None) not in CORRUPT:
+                raise
+        aside = self._quarantine()
+        log.warning(
+            "cache file %s is corrupt; moved it to %s and started an empty one",
+            self.path,
+            aside,
+        )
+        return await self._connect()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, timeout=1.0)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.executescript(SCHEMA)
+            await db.commit()
+        except BaseException:
+            await db.close()
+            raise
+        return db
+
+    def _quarantine(self) -> Path:
+        """Move a corrupt cache file (and its journal) aside, keeping one copy."""
+        aside = self.path.with_name(self.path.name + ".corrupt")
+        self.path.replace(aside)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                self.path.with_name(self.path.name + suffix).unlink()
+        return aside
+
+    async def _drop(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await db.close()
+
+
+async def _noop() -> None:
+    return None
+
+
+def _size(path: Path) -> int:
+    total = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            total += path.with_name(path.name + suffix).stat().st_size
+    return total
+
+
+class RedisCache:
+    """A cache in Redis, shared by every replica of a fleet."""
+
+    name = "redis"
+
+    def __init__(self, link: RedisLink) -> None:
+        self.link = link
+
+    def describe(self) -> str:
+        return f"redis at {self.link.where} (prefix {self.link.prefix})"
+
+    async def open(self) -> None:
+        await self.link.ping()
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value = await self.link.run(
+                lambda client: client.get(self.link.key("cache", key))
+            )
+        except RedisUnavailable:
+            return None
+        return bytes(value) if value is not None else None
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        milliseconds = max(1, int(ttl * 1000))
+        with contextlib.suppress(RedisUnavailable):
+            await self.link.run(
+                lambda client: client.set(
+                    self.link.key("cache", key), value, px=milliseconds
+                )
+            )
+
+    async def clear(self, prefix: str = "") -> int:
+        keys = await self._keys(prefix)
+        removed = 0
+        for start in range(0, len(keys), SCAN_BATCH):
+            batch = keys[start : start + SCAN_BATCH]
+            removed += await self._strict(lambda client, b=batch: client.unlink(*b))
+        return removed
+
+    async def stats(self) -> dict[str, Any]:
+        try:
+            keys = await self._keys("")
+        except CacheUnavailable as err:
+            return {
+                "backend": self.name,
+                "location": self.link.where,
+                "state": f"down ({err})",
+            }
+        skip = len(self.link.key("cache", ""))
+        modules = Counter(module_of(key.decode()[skip:]) for key in keys)
+        return {
+            "backend": self.name,
+            "location": f"{self.link.where} (prefix {self.link.prefix})",
+            "state": "up",
+            "entries": len(keys),
+            "modules": dict(modules),
+        }
+
+    async def close(self) -> None:
+        return None
+
+    async def _keys(self, prefix: str) -> list[bytes]:
+        pattern = _glob_escape(self.link.key("cache", prefix)) + "*"
+
+        async def scan(client: Any) -> list[bytes]:
+            return [key async for key in client.scan_iter(match=pattern, count=1000)]
+
+        return await self._strict(scan)
+
+    async def _strict(self, op: Callable[[Any], Awaitable[T]]) -> T:
+        try:
+            return await self.link.run(op)
+        except RedisUnavailable as err:
+            raise CacheUnavailable(str(err)) from err
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)

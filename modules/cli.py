@@ -145,6 +145,12 @@ def cmd_query(args: argparse.Namespace, settings: ServerSettings) -> int:
     return 1 if "error" in body else 0
 
 
+def cmd_cache(args: argparse.Namespace, settings: ServerSettings) -> int:
+    from modules import cache_admin
+
+    return cache_admin.run(args.action, getattr(args, "module", None), settings)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="misp-enrich",
@@ -181,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--summary", action="store_true", help="print a readable summary, not JSON"
     )
     query.set_defaults(handler=cmd_query)
+
+    cache = commands.add_parser("cache", help="show or clear the upstream cache")
+    actions = cache.add_subparsers(dest="action", required=True)
+    actions.add_parser("stats", help="show the backend and its entries per module")
+    clear = actions.add_parser("clear", help="remove cached answers")
+    clear.add_argument("module", nargs="?", help="only this module's answers")
+    cache.set_defaults(handler=cmd_cache)
     return parser
 
 

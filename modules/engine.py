@@ -1,4 +1,9 @@
-"""The upstream engine: cache, coalescing, limits and breakers, per process."""
+"""The upstream engine: cache, coalescing, limits and breakers, per process.
+
+With MISP_ENRICH_REDIS_URL set, the cache (by default), the rate-limit
+counters, the breakers and the in-flight locks live in Redis and every
+replica shares them; without it they live in this process.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from modules.cache import Cache, MemoryCache, NoCache
-from modules.settings import ServerSettings
+from modules.breaker import Breakers
+from modules.cache import Cache, MemoryCache, NoCache, RedisCache, SQLiteCache
+from modules.metrics import Metrics
+from modules.module import ExpansionModule
+from modules.ratelimit import Limit, Limiter, parse_limits
+from modules.redis_state import RedisLink
+from modules.settings import ServerSettings, SourcePolicy, source_policy
 
 log = logging.getLogger(__name__)
 
@@ -16,12 +26,15 @@ log = logging.getLogger(__name__)
 class Coalescer:
     """Run identical calls that are in flight at once only once."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_join: Callable[[str], None] | None = None) -> None:
         self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._on_join = on_join
 
     async def run(self, key: str, call: Callable[[], Awaitable[Any]]) -> Any:
         future = self._inflight.get(key)
         if future is not None:
+            if self._on_join:
+                self._on_join(key)
             return await asyncio.shield(future)
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
@@ -45,9 +58,38 @@ class Engine:
 
     def __init__(self, settings: ServerSettings, cache: Cache | None = None) -> None:
         self.settings = settings
-        self.cache: Cache = cache if cache is not None else make_cache(settings)
-        self.coalescer = Coalescer()
+        self.metrics = Metrics()
+        self.link = make_link(settings, self.metrics)
+        self.cache: Cache = (
+            cache
+            if cache is not None
+            else make_cache(settings, self.link, self.metrics)
+        )
+        # Waiting for another replica's answer only helps when the answer
+        # lands in a cache both of them read.
+        self.fleet = self.link if isinstance(self.cache, RedisCache) else None
+        self.coalescer = Coalescer(self._joined)
+        self.limiter = Limiter(self.link, self.metrics, settings.call_margin)
+        self.breakers = Breakers(
+            settings.breaker_threshold,
+            settings.breaker_cooldown,
+            self.link,
+            self.metrics,
+            probe_seconds=max(settings.deadline, settings.hover_deadline) + 1,
+        )
         self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._policies: dict[str, tuple[SourcePolicy, tuple[Limit, ...]]] = {}
+
+    def policy(
+        self, module: type[ExpansionModule]
+    ) -> tuple[SourcePolicy, tuple[Limit, ...]]:
+        """Return the module's cache lifetimes, limits and cap, read once."""
+        found = self._policies.get(module.name)
+        if found is None:
+            policy = source_policy(module)
+            found = (policy, parse_limits(module.name, policy.rate_limits))
+            self._policies[module.name] = found
+        return found
 
     def semaphore(self, source: str, size: int) -> asyncio.Semaphore:
         """Return the concurrency cap of a source."""
@@ -56,15 +98,58 @@ class Engine:
             semaphore = self._semaphores[source] = asyncio.Semaphore(size)
         return semaphore
 
+    def describe(self) -> str:
+        """Say which backends are on, for the start-up log."""
+        if self.link is None:
+            shared = "rate limits, coalescing and breakers in this process"
+        else:
+            shared = (
+                f"rate limits, coalescing and breakers shared in Redis at "
+                f"{self.link.where} (prefix {self.link.prefix})"
+            )
+        return f"cache: {self.cache.describe()}; {shared}"
+
+    async def start(self) -> None:
+        """Open the backends and log which are on; a failing one is logged once."""
+        log.info("upstream engine: %s", self.describe())
+        await self.cache.open()
+        if self.link is not None and self.fleet is None:
+            await self.link.ping()
+
     async def close(self) -> None:
         await self.cache.close()
+        if self.link is not None:
+            await self.link.close()
+
+    def _joined(self, key: str) -> None:
+        self.metrics.coalesced.labels(key.split(":", 1)[0], "process").inc()
 
 
-def make_cache(settings: ServerSettings) -> Cache:
+def make_link(settings: ServerSettings, metrics: Metrics) -> RedisLink | None:
+    """Return the Redis link of a fleet, or None on a single machine."""
+    if not settings.redis_url:
+        return None
+    return RedisLink(
+        settings.redis_url,
+        settings.redis_prefix,
+        settings.redis_timeout,
+        settings.backend_retry,
+        metrics.backend("redis"),
+    )
+
+
+def make_cache(
+    settings: ServerSettings, link: RedisLink | None, metrics: Metrics | None = None
+) -> Cache:
     """Build the cache backend the settings ask for."""
     backend = settings.cache_backend
     if backend == "none":
         return NoCache()
-    # Persistent backends arrive with the engine's storage layer; until then
-    # every backend is kept in memory.
-    return MemoryCache()
+    if backend == "memory":
+        return MemoryCache()
+    if backend == "redis":
+        if link is None:
+            raise ValueError("the redis cache needs MISP_ENRICH_REDIS_URL")
+        return RedisCache(link)
+    on_change = metrics.backend("cache") if metrics is not None else None
+    return SQLiteCache(settings.cache_path, settings.backend_retry, on_change)

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from modules.errors import ConfigError
+
+if TYPE_CHECKING:
+    from modules.module import ExpansionModule
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+T = TypeVar("T")
 
 
 def default_cache_path() -> Path:
@@ -30,8 +43,30 @@ class ServerSettings(BaseSettings):
     cache: Literal["sqlite", "memory", "redis", "none"] | None = None
     cache_path: Path = Field(default_factory=default_cache_path)
     redis_url: str | None = None
+    redis_prefix: str = Field("misp-enrich", min_length=1, description="key prefix")
+    redis_timeout: float = Field(0.5, gt=0, description="seconds per Redis command")
+    backend_retry: float = Field(
+        5.0, ge=0, description="seconds before a failed cache or Redis is tried again"
+    )
+    retries: int = Field(2, ge=0, le=10, description="retries of a transient failure")
+    retry_backoff: float = Field(0.25, ge=0, description="first retry delay, seconds")
+    breaker_threshold: int = Field(
+        5, ge=1, description="failures in a row that open a source's breaker"
+    )
+    breaker_cooldown: float = Field(
+        30.0, ge=0, description="seconds an open breaker waits before a probe"
+    )
+    call_margin: float = Field(
+        0.5, ge=0, description="seconds a rate-limit or retry wait leaves for the call"
+    )
     log_level: str = "INFO"
     disabled_modules: str = ""
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> ServerSettings:
+        if self.cache == "redis" and not self.redis_url:
+            raise ValueError("MISP_ENRICH_CACHE=redis needs MISP_ENRICH_REDIS_URL")
+        return self
 
     @property
     def cache_backend(self) -> str:
@@ -39,3 +74,64 @@ class ServerSettings(BaseSettings):
         if self.cache:
             return self.cache
         return "redis" if self.redis_url else "sqlite"
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    """How the engine treats one module's source: declared, then overridden."""
+
+    cache_ttl: float
+    not_found_ttl: float
+    rate_limits: tuple[str, ...]
+    concurrency: int
+
+
+def parse_duration(text: str) -> float:
+    """Read seconds from "90", "90s", "15m", "24h" or "1d"."""
+    match = DURATION.match(text)
+    if match is None:
+        raise ValueError(f"'{text}' is not a duration such as 3600, 15m, 24h or 1d")
+    return float(match.group(1)) * SECONDS[match.group(2)]
+
+
+def split_limits(text: str) -> tuple[str, ...]:
+    """Split "4/minute;500/day" into its limits; "" and "none" mean no limit."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    return tuple(part.strip() for part in re.split(r"[;,]", text) if part.strip())
+
+
+def source_policy(module: type[ExpansionModule]) -> SourcePolicy:
+    """Return the module's declared policy with MISP_ENRICH_<MODULE>_* applied."""
+    prefix = module.env_prefix()
+    try:
+        cache_ttl = _override(prefix + "CACHE_TTL", parse_duration, module.cache_ttl)
+        not_found_ttl = _override(
+            prefix + "NOT_FOUND_TTL", parse_duration, module.not_found_ttl
+        )
+        limits = _override(prefix + "RATE_LIMITS", split_limits, module.rate_limits)
+        concurrency = _override(prefix + "CONCURRENCY", _positive, module.concurrency)
+    except ValueError as err:
+        raise ConfigError(f"{module.name}: {err}") from err
+    return SourcePolicy(
+        cache_ttl=cache_ttl,
+        not_found_ttl=min(not_found_ttl, cache_ttl),
+        rate_limits=tuple(limits),
+        concurrency=concurrency,
+    )
+
+
+def _override(name: str, parse: Callable[[str], T], default: T) -> T:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return parse(value)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+
+
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"'{text}' is not a positive whole number")
+    return int(text)

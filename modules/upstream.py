@@ -1,12 +1,21 @@
-"""The upstream client: one HTTP session, typed errors mapped in one place."""
+"""The upstream client: one HTTP session, typed errors mapped in one place.
+
+A call goes cache -> coalescing (process, then fleet) -> breaker -> rate
+limit -> concurrency cap -> source, and transient failures are retried
+while the query's deadline allows.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import logging
+import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -27,11 +36,44 @@ from modules.errors import (
     UpstreamTimeout,
 )
 from modules.module import ExpansionModule, ModuleConfig, key_identity, secret_values
+from modules.redis_state import RedisUnavailable
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"misp-enrich/{__version__}"
 MAX_DETAIL = 200
+OVERLOADED_STATUSES = (502, 503, 504)
+RETRY_CAP = 5.0
+MAX_POLLS = 100
+
+Call = Callable[[], Awaitable[tuple[Any, float | None]]]
+
+
+class Overloaded(Unavailable):
+    """A 502, 503 or 504 answer, or a dropped connection: worth another try."""
+
+    def __init__(self, source: str, detail: str = "", cause: str = "") -> None:
+        self.cause = cause
+        super().__init__(source, detail)
+
+    @property
+    def outcome(self) -> str:
+        return "upstream_unavailable"
+
+
+class Throttled(RateLimited):
+    """A 429 answer from the source: worth another try after its Retry-After."""
+
+    cause = "429"
+
+    @property
+    def outcome(self) -> str:
+        return "upstream_ratelimited"
+
+
+TRANSIENT = (Overloaded, Throttled)
+# Connection failures after the request left: resets, cut bodies.
+DROPPED = (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)
 
 
 def make_session(ca_bundle: str | None) -> aiohttp.ClientSession:
@@ -47,10 +89,19 @@ def make_session(ca_bundle: str | None) -> aiohttp.ClientSession:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After")
-    if value and value.strip().isdigit():
-        return float(value.strip())
-    return None
+    """Read Retry-After as seconds, whether given as seconds or as an HTTP date."""
+    value = (headers.get("Retry-After") or "").strip()
+    if value.isdigit():
+        return float(value)
+    if not value:
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _vendor_message(body: bytes) -> str:
@@ -90,9 +141,11 @@ def map_status(
     if status == 429:
         retry_after = _retry_after(headers)
         hint = f"retry in {retry_after:.0f} s" if retry_after else "retry later"
-        return RateLimited(
+        return Throttled(
             source, f"{detail}; the API quota is used up, {hint}", retry_after
         )
+    if status in OVERLOADED_STATUSES:
+        return Overloaded(source, detail, str(status))
     if status >= 500:
         return Unavailable(source, detail)
     return BadResponse(source, f"the request was rejected: {detail}")
@@ -117,6 +170,7 @@ class Source:
         self.base_url = module.resolved_base_url()
         self.identity = key_identity(config)
         self.deadline = deadline
+        self.policy, self.limits = engine.policy(module)
         self._secrets = secret_values(config)
         self.calls = 0
 
@@ -131,6 +185,7 @@ class Source:
         return text
 
     def cache_key(self, endpoint: str, query: str) -> str:
+        """Return the cache key: module, endpoint, key identity, query digest."""
         digest = hashlib.sha256(query.encode()).hexdigest()[:32]
         return f"{self.name}:{endpoint}:{self.identity}:{digest}"
 
@@ -138,7 +193,7 @@ class Source:
         self,
         endpoint: str,
         query: str,
-        call: Callable[[], Awaitable[tuple[Any, float | None]]],
+        call: Call,
         *,
         ttl: float | None = None,
     ) -> Any:
@@ -147,26 +202,19 @@ class Source:
         `call` returns the value and, optionally, its own lifetime in seconds.
         """
         key = self.cache_key(endpoint, query)
-        cached = await self.engine.cache.get(key)
-        if cached is not None:
-            return self._unpack(cached)
+        packed = await self._lookup(key)
+        if packed is None:
+            packed = await self.engine.coalescer.run(
+                key, lambda: self._fill(key, call, ttl)
+            )
+        return self._unpack(packed)
 
-        async def call_and_store() -> bytes:
-            try:
-                value, own_ttl = await self._guarded(call)
-            except NotFound as err:
-                packed = orjson.dumps({"not_found": err.detail})
-                await self.engine.cache.set(key, packed, self.module.not_found_ttl)
-                return packed
-            packed = orjson.dumps({"value": value})
-            lifetime = ttl if ttl is not None else self.module.cache_ttl
-            if own_ttl is not None:
-                lifetime = min(lifetime, own_ttl)
-            if lifetime > 0:
-                await self.engine.cache.set(key, packed, lifetime)
-            return packed
-
-        return self._unpack(await self.engine.coalescer.run(key, call_and_store))
+    async def _lookup(self, key: str) -> bytes | None:
+        packed = await self.engine.cache.get(key)
+        metrics = self.engine.metrics
+        counter = metrics.cache_misses if packed is None else metrics.cache_hits
+        counter.labels(self.name).inc()
+        return packed
 
     def _unpack(self, packed: bytes) -> Any:
         entry = orjson.loads(packed)
@@ -174,15 +222,149 @@ class Source:
             raise NotFound(self.label, entry["not_found"])
         return entry["value"]
 
-    async def _guarded(
-        self, call: Callable[[], Awaitable[tuple[Any, float | None]]]
-    ) -> tuple[Any, float | None]:
-        """Make one upstream call within the source's concurrency cap."""
-        if self.remaining() <= 0:
-            raise DeadlineExceeded(self.label, "no time left before the deadline")
-        async with self.engine.semaphore(self.name, self.module.concurrency):
+    # One call for the whole fleet.
+
+    async def _fill(self, key: str, call: Call, ttl: float | None) -> bytes:
+        """Make the call, or take the answer another replica is fetching."""
+        if self.engine.fleet is None or self.policy.cache_ttl <= 0:
+            return await self._call_and_store(key, call, ttl)
+        token = await self._claim(key)
+        if token is None:
+            packed, token = await self._await_peer(key)
+            if packed is not None:
+                return packed
+        try:
+            return await self._call_and_store(key, call, ttl)
+        finally:
+            if token:
+                await self._release(key, token)
+
+    async def _claim(self, key: str) -> str | None:
+        """Return our lock token, or None while another replica holds the call."""
+        # Without Redis the call goes ahead unlocked: "" is a token to ignore.
+        assert self.engine.fleet is not None
+        try:
+            return await self.engine.fleet.claim(key, max(0.1, self.remaining()) + 0.5)
+        except RedisUnavailable:
+            return ""
+
+    async def _release(self, key: str, token: str) -> None:
+        assert self.engine.fleet is not None
+        try:
+            await self.engine.fleet.release(key, token)
+        except RedisUnavailable:
+            # The lock runs out on its own shortly after our deadline.
+            return
+
+    async def _await_peer(self, key: str) -> tuple[bytes | None, str]:
+        """Poll the cache while another replica calls; half the time left at most."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.remaining() / 2
+        delay = 0.05
+        for _ in range(MAX_POLLS):
+            await asyncio.sleep(max(0.0, min(delay, until - loop.time())))
+            packed = await self.engine.cache.get(key)
+            if packed is not None:
+                self.engine.metrics.coalesced.labels(self.name, "fleet").inc()
+                return packed, ""
+            # The holder finished without an answer to share, or ran out.
+            token = await self._claim(key)
+            if token is not None or loop.time() >= until:
+                return None, token or ""
+            delay = min(delay * 1.5, 0.25)
+        return None, ""
+
+    async def _call_and_store(self, key: str, call: Call, ttl: float | None) -> bytes:
+        try:
+            value, own_ttl = await self._guarded(call)
+        except NotFound as err:
+            packed = orjson.dumps({"not_found": err.detail})
+            await self._store(key, packed, self.policy.not_found_ttl)
+            return packed
+        packed = orjson.dumps({"value": value})
+        lifetimes = [
+            self.policy.cache_ttl,
+            *(t for t in (ttl, own_ttl) if t is not None),
+        ]
+        await self._store(key, packed, min(lifetimes))
+        return packed
+
+    async def _store(self, key: str, packed: bytes, lifetime: float) -> None:
+        if lifetime > 0:
+            await self.engine.cache.set(key, packed, lifetime)
+
+    # The call itself: breaker, rate limit, retries, concurrency cap.
+
+    async def _guarded(self, call: Call) -> tuple[Any, float | None]:
+        """Make the call past the breaker, retrying transient failures in time."""
+        breakers = self.engine.breakers
+        ticket = await breakers.admit(self.label, self.name, self.identity)
+        try:
+            result = await self._attempts(call)
+        except asyncio.CancelledError:
+            breakers.abandon(ticket)
+            raise
+        except Exception as err:
+            await breakers.record(ticket, err)
+            raise
+        await breakers.record(ticket, None)
+        return result
+
+    async def _attempts(self, call: Call) -> tuple[Any, float | None]:
+        attempt = 0
+        while True:
+            if self.remaining() <= 0:
+                raise DeadlineExceeded(self.label, "no time left before the deadline")
+            await self.engine.limiter.acquire(
+                self.label, self.name, self.identity, self.limits, self.remaining
+            )
+            try:
+                return await self._once(call)
+            except TRANSIENT as err:
+                delay = self._retry_delay(err, attempt)
+                if delay is None:
+                    raise
+                self.engine.metrics.retries.labels(self.name, err.cause).inc()
+                log.debug("%s: retrying in %.2f s after %s", self.label, delay, err)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    def _retry_delay(self, err: Overloaded | Throttled, attempt: int) -> float | None:
+        """Return how long to wait before another try, or None to give up."""
+        settings = self.engine.settings
+        if attempt >= settings.retries:
+            return None
+        delay = settings.retry_backoff * 2**attempt * random.uniform(0.5, 1.5)
+        delay = min(delay, RETRY_CAP)
+        if isinstance(err, Throttled) and err.retry_after is not None:
+            delay = err.retry_after + random.uniform(0, 0.1)
+        if delay > self.remaining() - settings.call_margin:
+            return None
+        return delay
+
+    async def _once(self, call: Call) -> tuple[Any, float | None]:
+        """Make one attempt within the source's concurrency cap, and count it."""
+        metrics = self.engine.metrics
+        async with self.engine.semaphore(self.name, self.policy.concurrency):
             self.calls += 1
-            return await call()
+            started = time.perf_counter()
+            outcome = "cancelled"
+            try:
+                result = await call()
+                outcome = "ok"
+            except EnrichError as err:
+                outcome = err.outcome
+                raise
+            except Exception:
+                outcome = "error"
+                raise
+            finally:
+                metrics.upstream_calls.labels(self.name, outcome).inc()
+                seconds = time.perf_counter() - started
+                metrics.upstream_seconds.labels(self.name).observe(seconds)
+        return result
+
+    # HTTP.
 
     async def get_json(
         self,
@@ -223,6 +405,7 @@ class Source:
         timeout = min(self.engine.settings.upstream_timeout, self.remaining())
         if timeout <= 0:
             raise DeadlineExceeded(self.label, "no time left before the deadline")
+        responses = self.engine.metrics.upstream_responses
         try:
             async with self.session.request(
                 method,
@@ -234,6 +417,7 @@ class Source:
                 timeout=aiohttp.ClientTimeout(total=timeout),
             ) as response:
                 body = await response.read()
+                responses.labels(self.name, str(response.status)).inc()
                 error = map_status(
                     self.label,
                     response.status,
@@ -242,20 +426,36 @@ class Source:
                     self.module.auth_statuses,
                 )
         except TimeoutError:
+            responses.labels(self.name, "timeout").inc()
             raise UpstreamTimeout(
                 self.label, f"no answer within {timeout:.1f} s"
             ) from None
         except aiohttp.ClientError as err:
-            raise Unavailable(
-                self.label, self.scrub(f"cannot connect ({type(err).__name__})")
-            ) from None
+            responses.labels(self.name, "connection_error").inc()
+            raise self._connection_error(err) from None
         if error is not None:
+            error.detail = self.scrub(error.detail)
             error.message = self.scrub(error.message)
             raise error
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             raise BadResponse(self.label, "the answer is not valid JSON") from None
+
+    def _connection_error(self, err: aiohttp.ClientError) -> Unavailable:
+        """Name a connection failure; a dropped connection is worth a retry."""
+        detail = self.scrub(f"cannot connect ({type(err).__name__})")
+        dropped = isinstance(err, DROPPED) or (
+            isinstance(err, aiohttp.ClientOSError)
+            and not isinstance(err, aiohttp.ClientConnectorError)
+        )
+        if dropped:
+            return Overloaded(
+                self.label,
+                self.scrub(f"the connection dropped ({type(err).__name__})"),
+                "connection",
+            )
+        return Unavailable(self.label, detail)
 
 
 __all__ = ["EnrichError", "Source", "make_session", "map_status"]

@@ -1,0 +1,263 @@
+"""The cache of upstream answers: one call per question, fresh MISP answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from expansion.dns import DNS
+from modules.cache import MemoryCache, SQLiteCache
+from modules.cli import main
+from tests.engine.conftest import KEY, ask, lookup_module, query_body
+from tests.fakes.dns import DNSServer
+from tests.fakes.http import FakeUpstream, Reply
+
+DOMAIN_PATH = "/v1/domains/example.com"
+ANSWER = {"ips": ["192.0.2.1", "192.0.2.2"]}
+
+
+def object_uuids(answer: dict[str, Any]) -> set[str]:
+    uuids = set()
+    for obj in answer["results"]["Object"]:
+        uuids.add(obj["uuid"])
+        uuids.update(attribute["uuid"] for attribute in obj["Attribute"])
+    return uuids
+
+
+def values(answer: dict[str, Any]) -> list[tuple[str, str]]:
+    return sorted(
+        (attribute["object_relation"], attribute["value"])
+        for obj in answer["results"]["Object"]
+        for attribute in obj["Attribute"]
+    )
+
+
+async def test_repeated_queries_call_once_with_fresh_uuids(
+    serve: Any, upstream: FakeUpstream
+) -> None:
+    upstream.add(f"GET {DOMAIN_PATH}", ANSWER)
+    client = await serve(lookup_module(upstream.url))
+
+    answers = [await ask(client, query_body()) for _ in range(3)]
+
+    assert len(upstream.calls(DOMAIN_PATH)) == 1
+    assert all(values(a) == values(answers[0]) for a in answers)
+    assert ("ip", "192.0.2.2") in values(answers[0])
+    first, second, third = (object_uuids(a) for a in answers)
+    assert first and not first & second and not second & third and not first & third
+
+
+async def test_concurrent_identical_queries_call_once(
+    serve: Any, upstream: FakeUpstream
+) -> None:
+    upstream.add(f"GET {DOMAIN_PATH}", Reply(body=ANSWER, delay=0.3))
+    client = await serve(lookup_module(upstream.url))
+
+    answers = await asyncio.gather(*(ask(client, query_body()) for _ in range(6)))
+
+    assert len(upstream.calls(DOMAIN_PATH)) == 1
+    assert all(values(a) == values(answers[0]) for a in answers)
+    uuid_sets = [object_uuids(a) for a in answers]
+    assert len(set().union(*uuid_sets)) == sum(len(u) for u in uuid_sets)
+
+
+async def test_cache_keys_hold_neither_the_key_nor_the_indicator(
+    serve: Any, upstream: FakeUpstream
+) -> None:
+    upstream.add(f"GET {DOMAIN_PATH}", ANSWER)
+    cache = MemoryCache()
+    client = await serve(lookup_module(upstream.url), store=cache)
+
+    await ask(client, query_body())
+    await ask(client, query_body(key="another-key-0000"))
+
+    keys = cache.keys()
+    assert len(keys) == 2, "each API key identity has its own entry"
+    assert len(upstream.calls(DOMAIN_PATH)) == 2
+    for key in keys:
+        assert key.startswith("lookup:v1:")
+        assert KEY not in key and "another-key" not in key
+        assert "example.com" not in key
+
+
+async def test_not_found_is_cached_and_errors_are_not(
+    serve: Any, upstream: FakeUpstream
+) -> None:
+    upstream.add("GET /v1/domains/unknown.example", Reply(404, {"error": "no"}))
+    upstream.add("GET /v1/domains/broken.example", Reply(500, {"error": "boom"}))
+    client = await serve(lookup_module(upstream.url), breaker_threshold=10)
+
+    unknown = [await ask(client, query_body("unknown.example")) for _ in range(2)]
+    broken = [await ask(client, query_body("broken.example")) for _ in range(2)]
+
+    assert len(upstream.calls("/v1/domains/unknown.example")) == 1
+    assert unknown[1]["comment"] == "unknown.example is unknown to the source"
+    assert len(upstream.calls("/v1/domains/broken.example")) == 2
+    assert broken[1] == {
+        "error": "Lookup: unavailable: HTTP 500 (boom)",
+        "results": [],
+    }
+
+
+async def test_cache_lifetime_is_overridable_per_module(
+    serve: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream.add(f"GET {DOMAIN_PATH}", ANSWER)
+    monkeypatch.setenv("MISP_ENRICH_LOOKUP_CACHE_TTL", "0")
+    client = await serve(lookup_module(upstream.url))
+
+    await ask(client, query_body())
+    await ask(client, query_body())
+
+    assert len(upstream.calls(DOMAIN_PATH)) == 2
+
+
+async def test_a_bad_lifetime_override_is_a_clear_error(
+    serve: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MISP_ENRICH_LOOKUP_CACHE_TTL", "a day")
+    client = await serve(lookup_module(upstream.url))
+
+    answer = await ask(client, query_body())
+
+    assert answer["results"] == []
+    assert answer["error"].startswith("lookup: MISP_ENRICH_LOOKUP_CACHE_TTL: 'a day'")
+    assert upstream.calls() == []
+
+
+async def test_dns_queries_the_resolver_once_per_record(
+    serve: Any, dns_env: DNSServer
+) -> None:
+    client = await serve(DNS)
+    body = {"module": "dns", "event_id": "1", "domain": "example.com"}
+
+    await asyncio.gather(*(ask(client, body) for _ in range(4)))
+    answer = await ask(client, body)
+
+    assert sorted(dns_env.queries) == sorted(
+        ("example.com", rdtype)
+        for rdtype in ("A", "AAAA", "CNAME", "MX", "NS", "TXT", "SOA")
+    )
+    assert answer["results"][0]["values"]
+
+
+async def test_dns_keeps_answers_no_longer_than_their_ttl(
+    serve: Any, dns_env: DNSServer
+) -> None:
+    dns_env.zone.ttl = 0
+    client = await serve(DNS)
+    body = {"module": "dns", "event_id": "1", "ip-src": "192.0.2.10"}
+
+    await ask(client, body)
+    await ask(client, body)
+
+    assert dns_env.queries == [("10.2.0.192.in-addr.arpa", "PTR")] * 2
+
+
+async def test_sqlite_cache_persists_across_restarts(
+    serve: Any, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    upstream.add(f"GET {DOMAIN_PATH}", ANSWER)
+    path = tmp_path / "cache.sqlite3"
+    module = lookup_module(upstream.url)
+
+    first = await serve(module, cache="sqlite", cache_path=path)
+    before = await ask(first, query_body())
+    await first.close()
+    second = await serve(module, cache="sqlite", cache_path=path)
+    after = await ask(second, query_body())
+
+    assert len(upstream.calls(DOMAIN_PATH)) == 1
+    assert values(after) == values(before)
+    assert not object_uuids(after) & object_uuids(before)
+    assert isinstance(second.engine.cache, SQLiteCache)
+
+
+async def test_serves_through_a_corrupt_cache_file(
+    serve: Any,
+    upstream: FakeUpstream,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream.add(f"GET {DOMAIN_PATH}", ANSWER)
+    path = tmp_path / "cache.sqlite3"
+    path.write_bytes(b"this is not a database " * 200)
+
+    with caplog.at_level(logging.INFO):
+        client = await serve(
+            lookup_module(upstream.url), cache="sqlite", cache_path=path
+        )
+        answers = [await ask(client, query_body()) for _ in range(2)]
+
+    assert all(values(a) == values(answers[0]) for a in answers)
+    assert len(upstream.calls(DOMAIN_PATH)) == 1
+    assert path.with_name("cache.sqlite3.corrupt").read_bytes().startswith(b"this is")
+    corrupt = [r for r in caplog.records if "is corrupt" in r.getMessage()]
+    assert len(corrupt) == 1
+
+
+async def test_serves_while_the_cache_file_breaks_and_recovers(
+    serve: Any,
+    upstream: FakeUpstream,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    upstream.add(f"GET {DOMAIN_PATH}", ANSWER)
+    path = tmp_path / "cache.sqlite3"
+    client = await serve(
+        lookup_module(upstream.url), cache="sqlite", cache_path=path, backend_retry=0
+    )
+    await ask(client, query_body())
+
+    # Damage the file and its write-ahead log under the open connection.
+    for damaged in tmp_path.iterdir():
+        damaged.write_bytes(b"\xff garbage " * 4000)
+    with caplog.at_level(logging.INFO):
+        during = await ask(client, query_body())
+        after = [await ask(client, query_body()) for _ in range(3)]
+
+    assert values(during) == values(after[-1])
+    # The damaged file lost the entry: one call to refill it, then cached again.
+    assert len(upstream.calls(DOMAIN_PATH)) == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "is unavailable" in m]) == 1
+    assert len([m for m in messages if "is back" in m]) == 1
+
+
+def test_cache_command_shows_and_clears_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "cache.sqlite3"
+
+    async def fill() -> None:
+        cache = SQLiteCache(path)
+        await cache.set("dns:A:-:aaaa", b"{}", 60)
+        await cache.set("dns:MX:-:bbbb", b"{}", 60)
+        await cache.set("lookup:v1:1234:cccc", b"{}", 60)
+        await cache.close()
+
+    asyncio.run(fill())
+    monkeypatch.setenv("MISP_ENRICH_CACHE_PATH", str(path))
+    monkeypatch.delenv("MISP_ENRICH_REDIS_URL", raising=False)
+    monkeypatch.delenv("MISP_ENRICH_CACHE", raising=False)
+
+    assert main(["cache", "stats"]) == 0
+    stats = capsys.readouterr().out
+    assert main(["cache", "clear", "dns"]) == 0
+    cleared = capsys.readouterr().out
+    assert main(["cache", "stats"]) == 0
+    after = capsys.readouterr().out
+    assert main(["cache", "clear"]) == 0
+    emptied = capsys.readouterr().out
+
+    assert "sqlite" in stats and str(path) in stats
+    assert re.search(r"^entries +3$", stats, re.M) and "dns 2, lookup 1" in stats
+    assert "removed 2 entries for dns" in cleared
+    assert re.search(r"^entries +1$", after, re.M)
+    assert "lookup 1" in after and "dns" not in after
+    assert "removed 1 entry" in emptied
