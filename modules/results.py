@@ -60,6 +60,9 @@ class Answer:
         for item in value if isinstance(value, list | tuple) else [value]:
             if item is None or item == "" or item == []:
                 continue
+            # MISP stores every value as a string; its event schema says so.
+            if isinstance(item, int | float) and not isinstance(item, bool):
+                item = str(item)
             obj.add_attribute(relation, value=item, to_ids=False, **kwargs)
 
     def add_attribute(

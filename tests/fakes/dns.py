@@ -65,16 +65,29 @@ class DNSServer:
     def __init__(self, zone: Zone) -> None:
         self.zone = zone
         self.queries: list[tuple[str, str]] = []
-        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._udp.bind(("127.0.0.1", 0))
+        self._udp, self._tcp = self._bind_pair()
         self.port = self._udp.getsockname()[1]
-        self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._tcp.bind(("127.0.0.1", self.port))
         self._tcp.listen(16)
         self._loop = asyncio.new_event_loop()
         self._pending: set[asyncio.Future[None]] = set()
         self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @staticmethod
+    def _bind_pair() -> tuple[socket.socket, socket.socket]:
+        """Bind UDP and TCP on one free port; the TCP side may be taken, so retry."""
+        for _ in range(50):
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp.bind(("127.0.0.1", 0))
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                tcp.bind(("127.0.0.1", udp.getsockname()[1]))
+            except OSError:
+                udp.close()
+                tcp.close()
+                continue
+            return udp, tcp
+        raise OSError("no free port for both UDP and TCP on 127.0.0.1")
 
     @property
     def address(self) -> str:
