@@ -10,6 +10,11 @@ class EnrichError(Exception):
         super().__init__(message)
         self.message = message
 
+    def __str__(self) -> str:
+        # The message may be rewritten after construction (secrets scrubbed):
+        # every rendering must show the rewritten text.
+        return self.message
+
     @property
     def outcome(self) -> str:
         """Return a short label for metrics."""
