@@ -1,0 +1,1 @@
+"""Benchmark of misp-enrich against misp-modules on a slow loopback upstream."""
