@@ -101,13 +101,18 @@ class Engine:
     def describe(self) -> str:
         """Say which backends are on, for the start-up log."""
         if self.link is None:
-            shared = "rate limits, coalescing and breakers in this process"
-        else:
-            shared = (
-                f"rate limits, coalescing and breakers shared in Redis at "
-                f"{self.link.where} (prefix {self.link.prefix})"
+            return (
+                f"cache: {self.cache.describe()}; rate limits, coalescing and "
+                "breakers in this process"
             )
-        return f"cache: {self.cache.describe()}; {shared}"
+        shared = "rate limits, coalescing and breakers"
+        if self.fleet is not None:
+            shared = "cache, " + shared
+        else:
+            shared = f"cache: {self.cache.describe()}; {shared}"
+        return (
+            f"{shared} shared in Redis at {self.link.where} (prefix {self.link.prefix})"
+        )
 
     async def start(self) -> None:
         """Open the backends and log which are on; a failing one is logged once."""
