@@ -21,7 +21,6 @@ from modules.errors import (
     Forbidden,
     NotFound,
     RateLimited,
-    UpstreamError,
 )
 from modules.module import ExpansionModule, ModuleConfig, secret, setting
 from modules.observable import Observable
@@ -86,15 +85,9 @@ class VirusTotalClient:
         self, path: str, endpoint: str, params: dict[str, str] | None = None
     ) -> Any:
         """GET a document with the key in its header."""
-        try:
-            return await self._source.get_json(
-                path, params=params, headers=self._headers, endpoint=endpoint
-            )
-        except UpstreamError as err:
-            # The upstream client scrubs the key from .message but not from
-            # str(err), which the app logs; keep both scrubbed.
-            err.args = (err.message,)
-            raise
+        return await self._source.get_json(
+            path, params=params, headers=self._headers, endpoint=endpoint
+        )
 
     async def get(self, collection: str, ident: str) -> dict[str, Any] | None:
         """Return the object's data, or None when VirusTotal does not know it."""
