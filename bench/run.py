@@ -136,6 +136,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "work tree, so uncommitted edits do not change the figures",
     )
     parser.add_argument(
+        "--enrich-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for misp-enrich (repeatable), e.g. "
+        "MISP_ENRICH_CACHE=sqlite or MISP_ENRICH_DNS_CONCURRENCY=256",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="run misp-enrich under cProfile (slower) and print its hot spots",
@@ -656,6 +664,7 @@ def machine(
         "misp_modules": modules_version or "not measured",
         "dns_delay_ms": args.dns_delay_ms,
         "mode": "quick" if args.quick else "full",
+        "misp_enrich_env": " ".join(args.enrich_env) or "defaults",
         "command": " ".join(["bench/run.py", *sys.argv[1:]]),
     }
 
@@ -749,6 +758,24 @@ def stopping(items: list[Any]) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def extra_env(items: list[str]) -> dict[str, str]:
+    """Read NAME=VALUE pairs given on the command line."""
+    env = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--enrich-env takes NAME=VALUE, not '{item}'")
+        env[name] = value
+    return env
+
+
+def machine_noise(seconds: float = 1.0) -> float:
+    """Return how many cores other processes keep busy right now."""
+    before = busy_cpu_seconds()
+    time.sleep(seconds)
+    return (busy_cpu_seconds() - before) / seconds
+
+
 def prepare_modules(
     args: argparse.Namespace, dns_port: int
 ) -> tuple[Path | None, str | None]:
@@ -783,6 +810,13 @@ def main(argv: list[str] | None = None) -> int:
     raise_file_limit()
     RESULTS.mkdir(parents=True, exist_ok=True)
     logs = RESULTS / "logs"
+    noise = machine_noise()
+    if noise > 0.2:
+        print(
+            f"warning: other processes keep {noise:.1f} cores busy; the figures "
+            "will be lower than on a quiet machine (see 'other CPU s')",
+            flush=True,
+        )
     running: list[Any] = []
     with contextlib.ExitStack() as stack, stopping(running):
         dns = start_dns(args)
@@ -839,6 +873,7 @@ def main(argv: list[str] | None = None) -> int:
             else (servers.installed_version())
         )
         info = machine(modules_version, args, revision)
+        info["other_cores_busy_at_start"] = round(noise, 2)
         if skipped:
             info["misp_modules"] = skipped
         rows = build_rows(enrich, modules, plan, args.dns_delay_ms)
