@@ -210,7 +210,8 @@ class Breakers:
         if opened_at is None:
             return ticket
         self._seen(ticket, opened=True)
-        reason = data.get(b"reason", b"").decode()
+        reason = data.get(b"reason", b"")
+        reason = reason.decode() if isinstance(reason, bytes) else str(reason)
         left = float(opened_at) + self.cooldown - time.time()
         if left > 0:
             self._reject(ticket, reason, f"next probe in {math.ceil(left)} s")
@@ -240,7 +241,13 @@ class Breakers:
             return
         reason = failure_text(err)
         lifetime = int(max(self.cooldown * 4, 600) * 1000)
-        args = [reason, self.threshold, time.time(), int(ticket.probe), lifetime]
+        args: list[str | int | float] = [
+            reason,
+            self.threshold,
+            time.time(),
+            int(ticket.probe),
+            lifetime,
+        ]
         opened = await self.link.guard(lambda: self._fail_script(keys=keys, args=args))
         if opened:
             self._opened(ticket, self.threshold, reason)

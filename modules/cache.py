@@ -15,6 +15,7 @@ import sqlite3
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -350,7 +351,7 @@ class RedisCache:
             )
         except RedisUnavailable:
             return None
-        return bytes(value) if value is not None else None
+        return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         milliseconds = max(1, int(ttl * 1000))
@@ -366,7 +367,7 @@ class RedisCache:
         removed = 0
         for start in range(0, len(keys), SCAN_BATCH):
             batch = keys[start : start + SCAN_BATCH]
-            removed += await self._strict(lambda client, b=batch: client.unlink(*b))
+            removed += await self._strict(partial(_unlink, batch))
         return removed
 
     async def stats(self) -> dict[str, Any]:
@@ -404,6 +405,10 @@ class RedisCache:
             return await self.link.run(op)
         except RedisUnavailable as err:
             raise CacheUnavailable(str(err)) from err
+
+
+async def _unlink(keys: list[bytes], client: Any) -> int:
+    return int(await client.unlink(*keys))
 
 
 def _glob_escape(text: str) -> str:

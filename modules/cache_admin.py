@@ -22,8 +22,9 @@ async def _run(action: str, module: str | None, settings: ServerSettings) -> int
     cache = make_cache(settings, link)
     try:
         if action == "stats":
-            print(render_stats(await cache.stats()))
-            return 0
+            stats = await cache.stats()
+            print(render_stats(stats))
+            return 0 if stats["state"] == "up" else 1
         return await _clear(cache, module)
     finally:
         await cache.close()

@@ -14,6 +14,7 @@ from typing import Any
 
 from modules.breaker import Breakers
 from modules.cache import Cache, MemoryCache, NoCache, RedisCache, SQLiteCache
+from modules.errors import DeadlineExceeded
 from modules.metrics import Metrics
 from modules.module import ExpansionModule
 from modules.ratelimit import Limit, Limiter, parse_limits
@@ -21,6 +22,13 @@ from modules.redis_state import RedisLink
 from modules.settings import ServerSettings, SourcePolicy, source_policy
 
 log = logging.getLogger(__name__)
+
+# How many times followers take over from cancelled leaders before calling.
+MAX_HANDOVERS = 4
+
+
+class LeaderCancelled(Exception):
+    """The call that others waited for ran out of its own query's time."""
 
 
 class Coalescer:
@@ -31,18 +39,31 @@ class Coalescer:
         self._on_join = on_join
 
     async def run(self, key: str, call: Callable[[], Awaitable[Any]]) -> Any:
-        future = self._inflight.get(key)
-        if future is not None:
+        """Join the identical call in flight, or make it and share the result."""
+        for _ in range(MAX_HANDOVERS):
+            future = self._inflight.get(key)
+            if future is None:
+                return await self._lead(key, call)
             if self._on_join:
                 self._on_join(key)
-            return await asyncio.shield(future)
+            try:
+                return await asyncio.shield(future)
+            except LeaderCancelled:
+                # A hover query's deadline is shorter than an enrichment's:
+                # the follower, with time left, makes the call itself.
+                continue
+        return await call()
+
+    async def _lead(self, key: str, call: Callable[[], Awaitable[Any]]) -> Any:
         future = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             result = await call()
         except BaseException as err:
             if not future.done():
-                future.set_exception(err)
+                # Running out of our own time says nothing to a follower.
+                ran_out = isinstance(err, asyncio.CancelledError | DeadlineExceeded)
+                future.set_exception(LeaderCancelled() if ran_out else err)
                 # Mark it retrieved so a lone caller does not log a warning.
                 future.exception()
             raise
@@ -69,7 +90,7 @@ class Engine:
         # lands in a cache both of them read.
         self.fleet = self.link if isinstance(self.cache, RedisCache) else None
         self.coalescer = Coalescer(self._joined)
-        self.limiter = Limiter(self.link, self.metrics, settings.call_margin)
+        self.limiter = Limiter(self.link, self.metrics, settings.rate_limit_margin)
         self.breakers = Breakers(
             settings.breaker_threshold,
             settings.breaker_cooldown,

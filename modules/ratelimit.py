@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import limits
@@ -58,7 +59,8 @@ def make_storage(link: RedisLink | None) -> Storage:
         wrap_exceptions=True,
         implementation="redispy",
         key_prefix=link.key("limits"),
-        connection_pool=link.client.connection_pool,
+        # limits types its pass-through options as scalars; redis takes a pool.
+        connection_pool=link.client.connection_pool,  # type: ignore[arg-type]
     )
 
 
@@ -115,15 +117,11 @@ class Limiter:
         worst: tuple[Limit, float] | None = None
         keys = ids(name, identity)
         for rule in rules:
-            item = rule.item
-            if await self._guard(
-                label, name, lambda i=item: self._strategy.test(i, *keys)
-            ):
+            test = partial(self._strategy.test, rule.item, *keys)
+            if await self._guard(label, name, test):
                 continue
             stats = await self._guard(
-                label,
-                name,
-                lambda i=item: self._strategy.get_window_stats(i, *keys),
+                label, name, partial(self._strategy.get_window_stats, rule.item, *keys)
             )
             wait = max(0.0, stats.reset_time - time.time())
             if worst is None or wait > worst[1]:
@@ -133,17 +131,13 @@ class Limiter:
     async def _hit(
         self, label: str, name: str, identity: str, rules: tuple[Limit, ...]
     ) -> bool:
-        """Take a slot of each limit in turn; False if a racing caller won one.
-
-        A slot taken before a later limit refuses stays taken: the count errs
-        on the side of calls not sent, never of calls over the limit.
-        """
+        """Take a slot of each limit in turn; False if a racing caller won one."""
+        # A slot taken before a later limit refuses stays taken: the count
+        # errs on the side of calls not sent, never of calls over the limit.
         keys = ids(name, identity)
         for rule in rules:
-            item = rule.item
-            if not await self._guard(
-                label, name, lambda i=item: self._strategy.hit(i, *keys)
-            ):
+            hit = partial(self._strategy.hit, rule.item, *keys)
+            if not await self._guard(label, name, hit):
                 return False
         return True
 

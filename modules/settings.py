@@ -56,7 +56,7 @@ class ServerSettings(BaseSettings):
     breaker_cooldown: float = Field(
         30.0, ge=0, description="seconds an open breaker waits before a probe"
     )
-    call_margin: float = Field(
+    rate_limit_margin: float = Field(
         0.5, ge=0, description="seconds a rate-limit or retry wait leaves for the call"
     )
     log_level: str = "INFO"
@@ -105,9 +105,11 @@ def source_policy(module: type[ExpansionModule]) -> SourcePolicy:
     """Return the module's declared policy with MISP_ENRICH_<MODULE>_* applied."""
     prefix = module.env_prefix()
     try:
-        cache_ttl = _override(prefix + "CACHE_TTL", parse_duration, module.cache_ttl)
+        cache_ttl = _override(
+            prefix + "CACHE_TTL", parse_duration, float(module.cache_ttl)
+        )
         not_found_ttl = _override(
-            prefix + "NOT_FOUND_TTL", parse_duration, module.not_found_ttl
+            prefix + "NOT_FOUND_TTL", parse_duration, float(module.not_found_ttl)
         )
         limits = _override(prefix + "RATE_LIMITS", split_limits, module.rate_limits)
         concurrency = _override(prefix + "CONCURRENCY", _positive, module.concurrency)

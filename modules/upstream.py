@@ -45,6 +45,8 @@ MAX_DETAIL = 200
 OVERLOADED_STATUSES = (502, 503, 504)
 RETRY_CAP = 5.0
 MAX_POLLS = 100
+# A timeout that fires this close to the deadline was set by the deadline.
+DEADLINE_SLACK = 0.1
 
 Call = Callable[[], Awaitable[tuple[Any, float | None]]]
 
@@ -338,7 +340,7 @@ class Source:
         delay = min(delay, RETRY_CAP)
         if isinstance(err, Throttled) and err.retry_after is not None:
             delay = err.retry_after + random.uniform(0, 0.1)
-        if delay > self.remaining() - settings.call_margin:
+        if delay > self.remaining() - settings.rate_limit_margin:
             return None
         return delay
 
@@ -352,6 +354,13 @@ class Source:
             try:
                 result = await call()
                 outcome = "ok"
+            except UpstreamTimeout as err:
+                outcome = err.outcome
+                if self.remaining() > DEADLINE_SLACK:
+                    raise
+                # The call's timeout was the query's deadline, not the
+                # source's slowness: no breaker failure, no shared error.
+                raise DeadlineExceeded(self.label, err.detail) from err
             except EnrichError as err:
                 outcome = err.outcome
                 raise

@@ -150,3 +150,38 @@ async def test_a_success_resets_the_count(serve: Any, upstream: FakeUpstream) ->
     assert not any("temporarily disabled" in a.get("error", "") for a in answers)
     refused = await ask(client, query_body(DOMAINS[6]))
     assert OPEN.match(refused["error"])
+
+
+async def test_running_out_of_deadline_does_not_count(
+    serve: Any, upstream: FakeUpstream
+) -> None:
+    for domain in DOMAINS:
+        upstream.add(f"GET /v1/domains/{domain}", Reply(body={"ips": []}, delay=0.5))
+    client = await broken_client(serve, upstream, hover_deadline=0.2)
+
+    answers = []
+    for domain in DOMAINS[:4]:
+        hover = {k: v for k, v in query_body(domain).items() if k != "event_id"}
+        answers.append(await ask(client, hover))
+
+    assert all(a["error"].startswith("Lookup: timed out: ") for a in answers), answers
+    assert len(upstream.calls()) == 4
+
+
+async def test_a_source_slower_than_its_timeout_counts(
+    serve: Any, upstream: FakeUpstream
+) -> None:
+    for domain in DOMAINS:
+        upstream.add(f"GET /v1/domains/{domain}", Reply(body={"ips": []}, delay=0.5))
+    client = await broken_client(serve, upstream, upstream_timeout=0.1)
+
+    answers = [await ask(client, query_body(d)) for d in DOMAINS[:4]]
+
+    assert [a["error"] for a in answers[:3]] == [
+        "Lookup: timed out: no answer within 0.1 s"
+    ] * 3
+    assert answers[3]["error"].startswith(
+        "Lookup: temporarily disabled after repeated failures: last failure: "
+        "timed out: no answer within 0.1 s; next probe in"
+    )
+    assert len(upstream.calls()) == 3

@@ -261,3 +261,26 @@ def test_cache_command_shows_and_clears_entries(
     assert re.search(r"^entries +1$", after, re.M)
     assert "lookup 1" in after and "dns" not in after
     assert "removed 1 entry" in emptied
+
+
+async def test_a_follower_outlives_a_cancelled_leader(
+    serve: Any, upstream: FakeUpstream
+) -> None:
+    upstream.add(f"GET {DOMAIN_PATH}", Reply(body=ANSWER, delay=0.6))
+    client = await serve(lookup_module(upstream.url), hover_deadline=0.2, deadline=5)
+    hover = {k: v for k, v in query_body().items() if k != "event_id"}
+
+    async def enrich_later() -> dict[str, Any]:
+        # Join the hover query's call while it is in flight.
+        await asyncio.sleep(0.05)
+        return await ask(client, query_body())
+
+    short, long = await asyncio.gather(ask(client, hover), enrich_later())
+
+    assert short["error"].startswith("Lookup: timed out: no answer within 0.2 s")
+    assert values(long) == [
+        ("domain", "example.com"),
+        ("ip", "192.0.2.1"),
+        ("ip", "192.0.2.2"),
+    ]
+    assert len(upstream.calls(DOMAIN_PATH)) == 2
