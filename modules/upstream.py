@@ -15,7 +15,9 @@ import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -49,6 +51,9 @@ MAX_POLLS = 100
 DEADLINE_SLACK = 0.1
 
 Call = Callable[[], Awaitable[tuple[Any, float | None]]]
+# Set while a call runs inside the engine's guard, so a request made there
+# is not limited twice.
+_GUARDED: ContextVar[bool] = ContextVar("misp_enrich_guarded", default=False)
 
 
 class Overloaded(Unavailable):
@@ -351,6 +356,7 @@ class Source:
             self.calls += 1
             started = time.perf_counter()
             outcome = "cancelled"
+            token = _GUARDED.set(True)
             try:
                 result = await call()
                 outcome = "ok"
@@ -368,6 +374,7 @@ class Source:
                 outcome = "error"
                 raise
             finally:
+                _GUARDED.reset(token)
                 metrics.upstream_calls.labels(self.name, outcome).inc()
                 seconds = time.perf_counter() - started
                 metrics.upstream_seconds.labels(self.name).observe(seconds)
@@ -408,6 +415,37 @@ class Source:
         data: Any = None,
     ) -> Any:
         """Send one request, uncached, and return the parsed JSON answer."""
+        send = partial(
+            self._send,
+            method,
+            path,
+            params=params,
+            headers=headers,
+            json=json,
+            data=data,
+        )
+        if _GUARDED.get():
+            return await send()
+
+        # Called by a module directly: the call still passes the breaker, the
+        # rate limits, the retries and the cap.
+        async def call() -> tuple[Any, float | None]:
+            return await send(), None
+
+        value, _ = await self._guarded(call)
+        return value
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None,
+        headers: Mapping[str, str] | None,
+        json: Any,
+        data: Any,
+    ) -> Any:
+        """Send one HTTP request and map its answer."""
         if not self.base_url:
             raise Unavailable(self.label, "no base URL is configured")
         url = self.base_url + path

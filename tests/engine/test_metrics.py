@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -84,8 +85,6 @@ async def test_each_app_has_its_own_registry(
 async def test_metrics_show_coalesced_calls_and_backends(
     serve: Any, upstream: FakeUpstream, tmp_path: Any
 ) -> None:
-    import asyncio
-
     upstream.add(
         "GET /v1/domains/example.com", Reply(body={"ips": ["192.0.2.1"]}, delay=0.3)
     )
