@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 import platformdirs
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modules.errors import ConfigError
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 T = TypeVar("T")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 def default_cache_path() -> Path:
@@ -31,7 +32,10 @@ def default_cache_path() -> Path:
 class ServerSettings(BaseSettings):
     """Settings of the server itself (modules read theirs separately)."""
 
-    model_config = SettingsConfigDict(env_prefix="MISP_ENRICH_", extra="ignore")
+    # A bad Redis URL may hold a password: errors name the field, not the value.
+    model_config = SettingsConfigDict(
+        env_prefix="MISP_ENRICH_", extra="ignore", hide_input_in_errors=True
+    )
 
     host: str = "127.0.0.1"
     port: int = Field(6666, ge=0, le=65535)
@@ -61,6 +65,15 @@ class ServerSettings(BaseSettings):
     )
     log_level: str = "INFO"
     disabled_modules: str = ""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(REDIS_SCHEMES):
+            raise ValueError(
+                "MISP_ENRICH_REDIS_URL must start with redis://, rediss:// or unix://"
+            )
+        return value or None
 
     @model_validator(mode="after")
     def _redis_needs_url(self) -> ServerSettings:

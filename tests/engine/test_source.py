@@ -10,12 +10,18 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from pydantic import ValidationError
 
 from modules.context import Context
 from modules.errors import ConfigError, RateLimited
 from modules.observable import Observable
 from modules.results import Answer
-from modules.settings import parse_duration, source_policy, split_limits
+from modules.settings import (
+    ServerSettings,
+    parse_duration,
+    source_policy,
+    split_limits,
+)
 from modules.upstream import map_status
 from tests.engine.conftest import Lookup, ask, lookup_module, query_body
 from tests.fakes.http import FakeUpstream, Reply
@@ -165,3 +171,16 @@ def test_a_bad_concurrency_is_a_config_error(monkeypatch: pytest.MonkeyPatch) ->
 
     with pytest.raises(ConfigError, match="MISP_ENRICH_LOOKUP_CONCURRENCY: '0'"):
         source_policy(Lookup)
+
+
+def test_a_bad_redis_url_is_refused_without_echoing_it() -> None:
+    with pytest.raises(ValidationError) as caught:
+        ServerSettings(redis_url="cache.internal://:hunter2@cache.internal:6379")
+
+    assert "MISP_ENRICH_REDIS_URL must start with redis://" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_the_redis_cache_needs_a_url() -> None:
+    with pytest.raises(ValidationError, match="needs MISP_ENRICH_REDIS_URL"):
+        ServerSettings(cache="redis", redis_url=None)
