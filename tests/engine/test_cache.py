@@ -277,7 +277,7 @@ async def test_a_follower_outlives_a_cancelled_leader(
 
     short, long = await asyncio.gather(ask(client, hover), enrich_later())
 
-    assert short["error"].startswith("Lookup: timed out: no answer within 0.2 s")
+    assert short["error"].startswith("Lookup: timed out: no answer within ")
     assert values(long) == [
         ("domain", "example.com"),
         ("ip", "192.0.2.1"),
