@@ -48,6 +48,7 @@ MODULES_P99_GOAL_MS = 20.0
 MISP_MODULES_TIMEOUT_MS = 1000.0
 START_TIMEOUT = 120.0
 SETTLE_SECONDS = 15.0
+QUIET_CORES = 0.25
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME=VALUE",
         help="an environment variable for misp-enrich (repeatable), e.g. "
         "MISP_ENRICH_CACHE=sqlite or MISP_ENRICH_DNS_CONCURRENCY=256",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="before each phase, wait up to this long for other processes to "
+        "leave the cores idle (0: do not wait)",
     )
     parser.add_argument(
         "--profile",
@@ -243,14 +252,28 @@ class Meter:
         }
 
 
+def wait_for_quiet(max_seconds: float) -> float:
+    """Wait, up to max_seconds, until other processes leave the cores alone.
+
+    Returns the busy cores seen last, so a phase run on a busy machine shows.
+    """
+    noise = machine_noise(0.5)
+    deadline = time.monotonic() + max_seconds
+    while noise > QUIET_CORES and time.monotonic() < deadline:
+        noise = machine_noise(0.5)
+    return noise
+
+
 def measure(
     target: Target,
     dns: DNSProcess,
     phase: str,
     run: Callable[[], Any],
+    quiet_wait: float = 0.0,
 ) -> Result:
     """Run one phase against a target, recording CPU and upstream counts."""
     settle(dns)
+    noise = wait_for_quiet(quiet_wait) if quiet_wait > 0 else None
     with Meter(target, dns) as meter:
         outcome = asyncio.run(run())
     probe = None
@@ -260,6 +283,7 @@ def measure(
     record = {
         **outcome.summary(),
         **meter.usage,
+        "busy_cores_before": None if noise is None else round(noise, 2),
         "upstream": upstream,
         "dns_queries_per_answer": round(upstream["queries"] / outcome.ok, 2)
         if outcome.ok
@@ -293,35 +317,38 @@ def _brief(record: dict[str, Any]) -> str:
     return text
 
 
-def run_phases(target: Target, dns: DNSProcess, plan: Plan, nameserver: str) -> None:
+def run_phases(
+    target: Target, dns: DNSProcess, plan: Plan, nameserver: str, quiet_wait: float
+) -> None:
     """Run every measured phase against one server."""
     query_url = target.server.base + "/query"
     tag = "e" if target.server.name == "misp-enrich" else "m"
+    phase = functools.partial(measure, target, dns, quiet_wait=quiet_wait)
     for concurrency, count in plan.uncached.items():
         work = bodies(f"{tag}u{concurrency}", count, nameserver)
-        measure(
-            target,
-            dns,
+        phase(
             f"uncached c={concurrency}",
             functools.partial(
                 closed_loop, query_url, work, concurrency, plan.phase_seconds
             ),
         )
     same = orjson.dumps(dns_query(bench_name(f"{tag}hit", 0), nameserver))
+    # One query fills the cache; the phases below repeat it.
     asyncio.run(closed_loop(query_url, [same], 1, plan.phase_seconds))
-    measure(
-        target,
-        dns,
+    phase(
         "cache-hit c=1",
-        lambda: closed_loop(
-            query_url, [same] * plan.cached_sequential, 1, plan.cached_seconds
+        functools.partial(
+            closed_loop,
+            query_url,
+            [same] * plan.cached_sequential,
+            1,
+            plan.cached_seconds,
         ),
     )
-    measure(
-        target,
-        dns,
+    phase(
         f"cache-hit c={plan.cached_concurrency}",
-        lambda: closed_loop(
+        functools.partial(
+            closed_loop,
             query_url,
             [same] * plan.cached_requests,
             plan.cached_concurrency,
@@ -329,11 +356,10 @@ def run_phases(target: Target, dns: DNSProcess, plan: Plan, nameserver: str) -> 
         ),
     )
     slow = bodies(f"{tag}slow", plan.probe_concurrency * 20, nameserver)
-    measure(
-        target,
-        dns,
+    phase(
         "modules under load",
-        lambda: probe_under_load(
+        functools.partial(
+            probe_under_load,
             target.server.base,
             slow,
             plan.probe_concurrency,
@@ -345,12 +371,14 @@ def run_phases(target: Target, dns: DNSProcess, plan: Plan, nameserver: str) -> 
     repeated = repeated_bodies(
         f"{tag}rep", plan.upstream_queries, plan.upstream_indicators, nameserver
     )
-    measure(
-        target,
-        dns,
+    phase(
         "upstream calls",
-        lambda: closed_loop(
-            query_url, repeated, plan.upstream_concurrency, plan.phase_seconds
+        functools.partial(
+            closed_loop,
+            query_url,
+            repeated,
+            plan.upstream_concurrency,
+            plan.phase_seconds,
         ),
     )
     settle(dns)
@@ -598,6 +626,7 @@ def cpu_table(targets: list[Target]) -> str:
                     f"{record['dns_cpu_s']:.1f}",
                     f"{record['client_cpu_s']:.1f}",
                     f"{record['other_cpu_s']:.1f}",
+                    _cores(record.get("busy_cores_before")),
                     str(record["upstream"]["queries"]),
                     str(record["dns_queries_per_answer"]),
                     str(record["udp_drops"]),
@@ -611,11 +640,16 @@ def cpu_table(targets: list[Target]) -> str:
         "DNS server CPU s",
         "client CPU s",
         "other CPU s",
+        "busy cores before",
         "DNS queries",
         "DNS queries/answer",
         "UDP drops",
     ]
     return simple_table(header, body)
+
+
+def _cores(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def failure_notes(targets: list[Target]) -> list[str]:
@@ -863,7 +897,7 @@ def main(argv: list[str] | None = None) -> int:
         measured = [t for t in targets if not t.failure]
         for target in measured:
             print(f"measuring {target.server.name}", flush=True)
-            run_phases(target, dns, plan, nameserver)
+            run_phases(target, dns, plan, nameserver, args.quiet_wait)
         for target in measured:
             target.server.stop()
 
