@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from modules import __version__
 from modules.errors import EnrichError, error_body
@@ -200,7 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    settings = ServerSettings()
+    try:
+        settings = ServerSettings()
+    except ValidationError as err:
+        for problem in err.errors(include_input=False):
+            name = "MISP_ENRICH_" + "_".join(str(p) for p in problem["loc"]).upper()
+            print(f"misp-enrich: {name}: {problem['msg']}", file=sys.stderr)
+        return 2
     setup_logging(settings.log_level)
     return int(args.handler(args, settings))
 

@@ -32,6 +32,13 @@ def misp_request(name: str) -> dict[str, Any]:
     return load_payload(f"requests/{name}.json")  # type: ignore[no-any-return]
 
 
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep every test, and every server it starts, off the user's own cache."""
+    monkeypatch.setenv("MISP_ENRICH_CACHE", "memory")
+    monkeypatch.setenv("MISP_ENRICH_CACHE_PATH", str(tmp_path / "cache.sqlite3"))
+
+
 @pytest.fixture
 def settings() -> ServerSettings:
     return ServerSettings(cache="memory")

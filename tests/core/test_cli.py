@@ -96,3 +96,16 @@ def test_help_everywhere(args: list[str]) -> None:
 
     assert result.returncode == 0
     assert result.stdout.startswith("usage: misp-enrich")
+
+
+def test_bad_server_setting_is_a_clear_message(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MISP_ENRICH_PORT", "seventy")
+
+    assert main(["modules"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "misp-enrich: MISP_ENRICH_PORT: Input should be a valid integer"
+    )
+    assert "Traceback" not in err
