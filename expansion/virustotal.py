@@ -6,8 +6,10 @@ import asyncio
 import base64
 import ipaddress
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -82,22 +84,30 @@ class VirusTotalClient:
         self._headers = {"x-apikey": apikey.get_secret_value()}
 
     async def _get_json(
-        self, path: str, endpoint: str, params: dict[str, str] | None = None
+        self,
+        path: str,
+        endpoint: str,
+        validate: Callable[[Any], object],
+        params: dict[str, str] | None = None,
     ) -> Any:
-        """GET a document with the key in its header."""
+        """GET a document with the key in its header, checked before caching."""
         return await self._source.get_json(
-            path, params=params, headers=self._headers, endpoint=endpoint
+            path,
+            params=params,
+            headers=self._headers,
+            endpoint=endpoint,
+            validate=validate,
         )
 
     async def get(self, collection: str, ident: str) -> dict[str, Any] | None:
         """Return the object's data, or None when VirusTotal does not know it."""
         try:
             body = await self._get_json(
-                f"/{collection}/{quote(ident, safe=':')}", collection
+                f"/{collection}/{quote(ident, safe=':')}", collection, self._single
             )
         except NotFound:
             return None
-        return self._object(body.get("data") if isinstance(body, dict) else None)
+        return self._single(body)
 
     async def related(
         self, collection: str, ident: str, relationship: str, limit: int
@@ -107,15 +117,12 @@ class VirusTotalClient:
             body = await self._get_json(
                 f"/{collection}/{quote(ident, safe=':')}/{relationship}",
                 f"{collection}/{relationship}",
+                partial(self._collection, relationship),
                 {"limit": str(limit)},
             )
         except NotFound:
             return Page([])
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, list):
-            raise BadResponse(
-                self._source.label, f"the {relationship} answer has no data list"
-            )
+        data = self._collection(relationship, body)
         meta = body.get("meta") if isinstance(body.get("meta"), dict) else {}
         total = meta.get("count") if isinstance(meta.get("count"), int) else None
         page = data[:limit]
@@ -130,8 +137,18 @@ class VirusTotalClient:
         ]
         return Page(items, total, more)
 
-    def _object(self, data: Any) -> dict[str, Any]:
+    def _collection(self, relationship: str, body: Any) -> list[Any]:
+        """Check the envelope of a collection and return its items."""
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, list):
+            raise BadResponse(
+                self._source.label, f"the {relationship} answer has no data list"
+            )
+        return data
+
+    def _single(self, body: Any) -> dict[str, Any]:
         """Check the envelope of a single object and return its data."""
+        data = body.get("data") if isinstance(body, dict) else None
         if (
             not isinstance(data, dict)
             or not isinstance(data.get("id"), str)

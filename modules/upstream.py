@@ -390,16 +390,22 @@ class Source:
         headers: Mapping[str, str] | None = None,
         endpoint: str | None = None,
         ttl: float | None = None,
+        validate: Callable[[Any], object] | None = None,
     ) -> Any:
-        """GET a JSON document from the source; 404 raises NotFound."""
+        """GET a JSON document from the source; 404 raises NotFound.
+
+        `validate` raises BadResponse for a document of the wrong shape, before
+        it is cached: a malformed answer is an error, and errors are not kept.
+        """
         query = (
             path + "?" + "&".join(f"{k}={v}" for k, v in sorted((params or {}).items()))
         )
 
         async def call() -> tuple[Any, float | None]:
-            return await self.request_json(
-                "GET", path, params=params, headers=headers
-            ), None
+            value = await self.request_json("GET", path, params=params, headers=headers)
+            if validate is not None:
+                validate(value)
+            return value, None
 
         endpoint = endpoint or path.strip("/").split("/", 1)[0]
         return await self.fetch(endpoint, query, call, ttl=ttl)

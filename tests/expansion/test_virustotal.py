@@ -1014,6 +1014,18 @@ async def test_repeated_query_is_served_from_cache_with_fresh_uuids(
     assert first_uuids.isdisjoint(second_uuids)
 
 
+async def test_malformed_answer_is_not_cached(client: Any, vt: FakeUpstream) -> None:
+    good = vt.routes[f"GET /ip_addresses/{IP}"]
+    vt.sequence(f"GET /ip_addresses/{IP}", [Reply(body={"data": "oops"}), good])
+
+    first = await query(client, attribute_request("ip-src", IP))
+    second = await query(client, attribute_request("ip-src", IP))
+
+    assert first["error"].startswith("VirusTotal: sent a malformed answer")
+    assert second["results"]["Object"]
+    assert paths(vt).count(f"/ip_addresses/{IP}") == 2
+
+
 async def test_key_never_appears_in_answers_or_logs(
     client: Any, vt: FakeUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
