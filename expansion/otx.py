@@ -83,16 +83,25 @@ async def fetch_section(
     path = f"/indicators/{kind}/{quote(value, safe=':/')}/{section}"
     limit = PAGE_LIMITS.get(section)
     params = {"limit": str(limit)} if limit else None
+
+    def validate(data: Any) -> None:
+        if not isinstance(data, dict):
+            raise BadResponse(
+                ctx.source.label, f"the {section} section is not an object"
+            )
+
     try:
         data = await ctx.source.get_json(
-            path, params=params, headers=headers, endpoint=f"{kind}-{section}"
+            path,
+            params=params,
+            headers=headers,
+            endpoint=f"{kind}-{section}",
+            validate=validate,
         )
     except NotFound:
         log.debug("no %s section for %s %s", section, kind, value)
         return None
-    if not isinstance(data, dict):
-        raise BadResponse(ctx.source.label, f"the {section} section is not an object")
-    return data
+    return data  # type: ignore[no-any-return]
 
 
 async def fetch_all(
