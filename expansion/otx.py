@@ -101,7 +101,7 @@ async def fetch_section(
     except NotFound:
         log.debug("no %s section for %s %s", section, kind, value)
         return None
-    return data  # type: ignore[no-any-return]
+    return data
 
 
 async def fetch_all(
