@@ -261,9 +261,17 @@ class SQLiteCache:
         try:
             result = await op(await self._connection())
         except (sqlite3.Error, OSError, ValueError) as err:
-            # Drop the connection: the next try reopens, and moves a corrupt
-            # file aside.
+            # Drop the connection: the next try reopens. Pages damaged after
+            # opening only show on use: move the file aside now, or every
+            # retry would meet the same damage.
             await self._drop()
+            if getattr(err, "sqlite_errorcode", None) in CORRUPT:
+                aside = self._quarantine()
+                log.warning(
+                    "cache file %s is corrupt; moved it to %s, an empty one follows",
+                    self.path,
+                    aside,
+                )
             self.health.failed(err)
             raise CacheUnavailable(self.health.reason) from err
         self.health.worked()

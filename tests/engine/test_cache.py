@@ -284,3 +284,31 @@ async def test_a_follower_outlives_a_cancelled_leader(
         ("ip", "192.0.2.2"),
     ]
     assert len(upstream.calls(DOMAIN_PATH)) == 2
+
+
+async def test_pages_damaged_after_opening_move_the_file_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "cache.sqlite3"
+    cache = SQLiteCache(path, retry_after=0)
+    for n in range(2000):
+        await cache.set(f"dns:A:-:{n:04d}", b"x" * 200, 600)
+    await cache.close()
+    # Keep the header page: the file opens, and only reads meet the damage.
+    size = path.stat().st_size
+    with path.open("r+b") as handle:
+        handle.seek(4096)
+        handle.write(b"\xa5" * (size - 4096))
+
+    reopened = SQLiteCache(path, retry_after=0)
+    with caplog.at_level(logging.INFO):
+        misses = [await reopened.get(f"dns:A:-:{n:04d}") for n in range(1990, 2000)]
+        await reopened.set("dns:A:-:fresh", b"{}", 600)
+        fresh = await reopened.get("dns:A:-:fresh")
+    await reopened.close()
+
+    assert misses == [None] * 10
+    assert fresh == b"{}"
+    assert path.with_name("cache.sqlite3.corrupt").exists()
+    corrupt = [r for r in caplog.records if "is corrupt" in r.getMessage()]
+    assert len(corrupt) == 1
