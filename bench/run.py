@@ -792,6 +792,19 @@ def stopping(items: list[Any]) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def enrich_server(
+    args: argparse.Namespace,
+    nameserver: str,
+    logs: Path,
+    source: Path = servers.ROOT,
+    profile: Path | None = None,
+) -> servers.Server:
+    """Describe the misp-enrich server with the settings given on the command line."""
+    server = servers.misp_enrich(servers.free_port(), nameserver, logs, source, profile)
+    server.env.update(extra_env(args.enrich_env))
+    return server
+
+
 def extra_env(items: list[str]) -> dict[str, str]:
     """Read NAME=VALUE pairs given on the command line."""
     env = {}
@@ -865,9 +878,7 @@ def main(argv: list[str] | None = None) -> int:
             revision = servers.export_revision(args.rev, source)
             print(f"misp-enrich from revision {revision}", flush=True)
         profile = RESULTS / "misp-enrich.prof" if args.profile else None
-        enrich = Target(
-            servers.misp_enrich(servers.free_port(), nameserver, logs, source, profile)
-        )
+        enrich = Target(enrich_server(args, nameserver, logs, source, profile))
         targets = [enrich]
         modules = None
         if executable is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 import dns.message
 import dns.query
@@ -14,7 +15,7 @@ import pytest
 from bench.dns_server import DNSProcess, Tally, build_response, parse_question
 from bench.load import bench_name, classify, dns_query, percentile
 from bench.report import Row, markdown_table, number
-from bench.run import repeated_bodies
+from bench.run import enrich_server, extra_env, parse_args, repeated_bodies
 
 
 def ask(name: str, rdtype: str) -> dns.message.Message:
@@ -116,3 +117,13 @@ def test_rows_render_ratios_as_advantage() -> None:
     table = markdown_table([faster, quicker])
     assert "| rate | 200 /s | 50.0 /s | 4.0x |" in table
     assert number(3.0) == "3"
+
+
+def test_enrich_env_reaches_the_misp_enrich_process() -> None:
+    args = parse_args(["--enrich-env", "MISP_ENRICH_DNS_CONCURRENCY=64"])
+    server = enrich_server(args, "127.0.0.1", Path("/tmp"))
+    assert server.env["MISP_ENRICH_DNS_CONCURRENCY"] == "64"
+    assert server.env["MISP_ENRICH_CACHE"] == "memory"
+    assert server.env["MISP_ENRICH_DNS_NAMESERVER"] == "127.0.0.1"
+    with pytest.raises(SystemExit):
+        extra_env(["no-equals-sign"])
