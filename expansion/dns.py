@@ -121,6 +121,9 @@ class DNS(ExpansionModule):
     cache_ttl = 3600
     not_found_ttl = 300
     concurrency = 32
+    # A lame delegation or a dead resolver a query names fails that query
+    # alone; it says nothing about the next name or nameserver.
+    uses_breaker = False
 
     def __init__(self) -> None:
         self._resolvers: dict[str | None, dns.asyncresolver.Resolver] = {}

@@ -59,6 +59,8 @@ class ExpansionModule:
     not_found_ttl: ClassVar[int] = 600
     rate_limits: ClassVar[tuple[str, ...]] = ()
     concurrency: ClassVar[int] = 8
+    # False where failures belong to one indicator, not to the source (DNS).
+    uses_breaker: ClassVar[bool] = True
 
     async def enrich(self, observable: Observable, config: Any, ctx: Context) -> Answer:
         """Enrich one observable and return the answer."""

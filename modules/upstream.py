@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -47,6 +48,15 @@ MAX_DETAIL = 200
 OVERLOADED_STATUSES = (502, 503, 504)
 RETRY_CAP = 5.0
 MAX_POLLS = 100
+MIN_SECRET = 8
+# aiohttp's connection errors, in words an administrator acts on.
+CONNECT_REASONS = {
+    "ClientConnectorDNSError": "the host name does not resolve",
+    "ClientConnectorCertificateError": "its TLS certificate is not trusted",
+    "ClientConnectorSSLError": "the TLS handshake failed",
+    "ClientProxyConnectionError": "the proxy refused the connection",
+    "ClientConnectorError": "the connection was refused",
+}
 # A timeout that fires this close to the deadline was set by the deadline.
 DEADLINE_SLACK = 0.1
 
@@ -155,6 +165,12 @@ def map_status(
         return Overloaded(source, detail, str(status))
     if status >= 500:
         return Unavailable(source, detail)
+    if 300 <= status < 400:
+        return BadResponse(
+            source,
+            f"HTTP {status}: redirected to another address, which is not followed "
+            "so the API key stays with the source; check the base URL",
+        )
     return BadResponse(source, f"the request was rejected: {detail}")
 
 
@@ -178,8 +194,12 @@ class Source:
         self.identity = key_identity(config)
         self.deadline = deadline
         self.policy, self.limits = engine.policy(module)
-        self._secrets = secret_values(config)
+        # Keys too short to be real would scrub ordinary words and numbers
+        # ("HTTP 40***" gives a key of "1" away); they are not scrubbed.
+        self._secrets = [v for v in secret_values(config) if len(v) >= MIN_SECRET]
         self.calls = 0
+        # A query's parallel calls fail together: they count as one failure.
+        self._breaker_failed = False
 
     def remaining(self) -> float:
         """Return the seconds left before the query's deadline."""
@@ -304,6 +324,8 @@ class Source:
 
     async def _guarded(self, call: Call) -> tuple[Any, float | None]:
         """Make the call past the breaker, retrying transient failures in time."""
+        if not self.module.uses_breaker:
+            return await self._attempts(call)
         breakers = self.engine.breakers
         ticket = await breakers.admit(self.label, self.name, self.identity)
         try:
@@ -312,7 +334,11 @@ class Source:
             breakers.abandon(ticket)
             raise
         except Exception as err:
-            await breakers.record(ticket, err)
+            if self._breaker_failed:
+                breakers.abandon(ticket)
+            else:
+                self._breaker_failed = True
+                await breakers.record(ticket, err)
             raise
         await breakers.record(ticket, None)
         return result
@@ -468,6 +494,8 @@ class Source:
                 json=json,
                 data=data,
                 timeout=aiohttp.ClientTimeout(total=timeout),
+                # A redirect could carry the key header to another host.
+                allow_redirects=False,
             ) as response:
                 body = await response.read()
                 responses.labels(self.name, str(response.status)).inc()
@@ -497,7 +525,12 @@ class Source:
 
     def _connection_error(self, err: aiohttp.ClientError) -> Unavailable:
         """Name a connection failure; a dropped connection is worth a retry."""
-        detail = self.scrub(f"cannot connect ({type(err).__name__})")
+        host = urlsplit(self.base_url or "").netloc
+        reason = CONNECT_REASONS.get(type(err).__name__, type(err).__name__)
+        detail = self.scrub(
+            f"cannot connect to {host} ({reason}); check the network, HTTPS_PROXY "
+            f"or {self.module.env_prefix()}BASE_URL"
+        )
         dropped = isinstance(err, DROPPED) or (
             isinstance(err, aiohttp.ClientOSError)
             and not isinstance(err, aiohttp.ClientConnectorError)

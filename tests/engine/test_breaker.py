@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.engine.conftest import ask, lookup_module, query_body
+from tests.fakes.dns import DNSServer
 from tests.fakes.http import FakeUpstream, Reply
 
 DOMAINS = [f"site{i}.example" for i in range(8)]
@@ -185,3 +187,56 @@ async def test_a_source_slower_than_its_timeout_counts(
         "timed out: no answer within 0.1 s; next probe in"
     )
     assert len(upstream.calls()) == 3
+
+
+class Parallel(lookup_module("")):  # type: ignore[misc]
+    """Ask for several paths of one domain at once, as OTX asks for sections."""
+
+    async def enrich(self, observable: Any, config: Any, ctx: Any) -> Any:
+        results = await asyncio.gather(
+            *(ctx.source.get_json(f"/v1/{part}/{observable.value}") for part in PARTS),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return ctx.answer()
+
+
+PARTS = ("general", "geo", "malware", "passive_dns", "url_list")
+
+
+async def test_parallel_calls_of_one_query_count_as_one_failure(
+    serve: Any, upstream: FakeUpstream
+) -> None:
+    for part in PARTS:
+        upstream.add(f"GET /v1/{part}/example.com", Reply(503, {"error": "down"}))
+    module = type("Parallel", (Parallel,), {"base_url": upstream.url})
+    client = await serve(module, retries=0, breaker_threshold=3, breaker_cooldown=60.0)
+
+    answers = [await ask(client, query_body()) for _ in range(3)]
+
+    assert [a["error"] for a in answers[:2]] == [
+        "Lookup: unavailable: HTTP 503 (down)"
+    ] * 2
+    assert OPEN.match(answers[2]["error"]) is None
+    assert len(upstream.calls()) == 3 * len(PARTS)
+
+
+async def test_dns_failures_never_open_a_breaker(
+    make_client: Any, dns_env: DNSServer
+) -> None:
+    client = await make_client(breaker_threshold=1)
+    dns_env.zone.mode = "servfail"
+    broken = {"module": "dns", "event_id": "1", "domain": "broken.example.net"}
+
+    failed = await ask(client, broken)
+    dns_env.zone.mode = "answer"
+    later = await ask(
+        client, {"module": "dns", "event_id": "1", "ip-src": "192.0.2.10"}
+    )
+
+    assert failed["error"].startswith(
+        "DNS: unavailable: the nameserver refused or failed"
+    )
+    assert later["results"][1]["values"] == ["10.2.0.192.in-addr.arpa"]

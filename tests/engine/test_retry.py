@@ -179,8 +179,10 @@ async def test_a_refused_connection_is_not_retried(
 
     answer = await ask(client, query_body())
 
+    host = url.removeprefix("http://")
     assert answer == {
-        "error": "Lookup: unavailable: cannot connect (ClientConnectorError)",
+        "error": f"Lookup: unavailable: cannot connect to {host} (the connection "
+        "was refused); check the network, HTTPS_PROXY or MISP_ENRICH_LOOKUP_BASE_URL",
         "results": [],
     }
     assert (

@@ -184,3 +184,37 @@ def test_a_bad_redis_url_is_refused_without_echoing_it() -> None:
 def test_the_redis_cache_needs_a_url() -> None:
     with pytest.raises(ValidationError, match="needs MISP_ENRICH_REDIS_URL"):
         ServerSettings(cache="redis", redis_url=None)
+
+
+async def test_redirects_are_not_followed_so_the_key_stays(
+    serve: Any, upstream: FakeUpstream
+) -> None:
+    elsewhere = FakeUpstream()
+    await elsewhere.start()
+    target = elsewhere.url.replace("127.0.0.1", "localhost") + "/stolen"
+    upstream.add(
+        "GET /v1/domains/example.com", Reply(302, {}, headers={"Location": target})
+    )
+    client = await serve(lookup_module(upstream.url))
+
+    try:
+        answer = await ask(client, query_body())
+    finally:
+        await elsewhere.close()
+
+    assert elsewhere.requests == []
+    assert answer["results"] == []
+    assert answer["error"].startswith(
+        "Lookup: sent a malformed answer: HTTP 302: redirected to another address"
+    )
+
+
+async def test_keys_too_short_to_be_real_are_not_scrubbed(
+    serve: Any, upstream: FakeUpstream
+) -> None:
+    upstream.add("GET /v1/domains/example.com", Reply(401, {"error": "no"}))
+    client = await serve(lookup_module(upstream.url))
+
+    answer = await ask(client, query_body(key="1"))
+
+    assert answer["error"].startswith("Lookup: the API key was refused: HTTP 401")
