@@ -49,6 +49,14 @@ class ConfigError(EnrichError):
         return "config_error"
 
 
+class ModuleFailed(EnrichError):
+    """A module broke while building its answer."""
+
+    @property
+    def outcome(self) -> str:
+        return "internal_error"
+
+
 class PolicyRefused(EnrichError):
     """The observable may not be sent to this module's source."""
 
@@ -133,6 +141,14 @@ class DeadlineExceeded(UpstreamError):
     """The whole query ran past its deadline."""
 
     reason = "timed out"
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """Quote a value for an error message, cut short when it is long."""
+    text = str(value)
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text)} characters)"
+    return f"'{text}'"
 
 
 def error_body(exc: BaseException) -> dict[str, object]:

@@ -98,16 +98,26 @@ class ExpansionModule:
             value = sent.get(key)
             if value is None or (isinstance(value, str) and not value.strip()):
                 value = os.environ.get(cls.env_prefix() + key.upper())
-            if value is not None and not (isinstance(value, str) and not value.strip()):
-                values[key] = value.strip() if isinstance(value, str) else value
+            if value is None or (isinstance(value, str) and not value.strip()):
+                continue
+            if isinstance(value, str):
+                value = value.strip()
+                if any(ord(char) < 32 or ord(char) == 127 for char in value):
+                    # Never echoed: the value may be a key pasted with a line break.
+                    raise ConfigError(cls._invalid(key, "it holds control characters"))
+            values[key] = value
         try:
             return cls.Config(**values)
         except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                for e in err.errors(include_input=False)
-            )
-            raise ConfigError(f"{cls.name}: invalid setting: {problems}") from None
+            problems = err.errors(include_input=False)
+            first = problems[0]
+            key = ".".join(str(part) for part in first["loc"])
+            raise ConfigError(cls._invalid(key, first["msg"])) from None
+
+    @classmethod
+    def _invalid(cls, key: str, problem: str) -> str:
+        where = f"Plugin.Enrichment_{cls.name}_{key} or {cls.env_prefix()}{key.upper()}"
+        return f"{cls.title}: invalid setting {key} ({where}): {problem}"
 
 
 def key_identity(config: ModuleConfig) -> str:

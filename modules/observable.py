@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import idna
 
-from modules.errors import InvalidValue
+from modules.errors import InvalidValue, shown
 
 HASH_LENGTHS = {
     "md5": 32,
@@ -93,28 +93,31 @@ def normalise_ip(value: str) -> str:
     text = value.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
+    # A zone index names an interface of the machine that logged the address;
+    # it is no part of the indicator.
+    text = text.partition("%")[0] if ":" in text else text
     try:
         return ipaddress.ip_address(text).compressed
     except ValueError:
-        raise InvalidValue(f"'{value}' is not a valid IP address") from None
+        raise InvalidValue(f"{shown(value)} is not a valid IP address") from None
 
 
 def normalise_host(value: str) -> str:
     """Validate a domain or hostname and return it lower-case, as A-labels."""
     text = value.strip().rstrip(".")
     if not text:
-        raise InvalidValue(f"'{value}' is not a valid domain name: it is empty")
+        raise InvalidValue(f"{shown(value)} is not a valid domain name: it is empty")
     try:
         ascii_name = idna.encode(text, uts46=True).decode("ascii")
     except idna.IDNAError:
         # Underscores and other labels IDNA 2008 rejects still occur in DNS.
         if not text.isascii():
-            raise InvalidValue(f"'{value}' is not a valid domain name") from None
+            raise InvalidValue(f"{shown(value)} is not a valid domain name") from None
         ascii_name = text
     ascii_name = ascii_name.lower()
     labels = ascii_name.split(".")
     if len(ascii_name) > 253 or not all(_LABEL.match(label) for label in labels):
-        raise InvalidValue(f"'{value}' is not a valid domain name")
+        raise InvalidValue(f"{shown(value)} is not a valid domain name")
     return ascii_name
 
 
@@ -122,7 +125,7 @@ def normalise_port(value: str) -> str:
     """Validate a TCP/UDP port number."""
     text = value.strip()
     if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise InvalidValue(f"'{value}' is not a valid port (0-65535)")
+        raise InvalidValue(f"{shown(value)} is not a valid port (0-65535)")
     return str(int(text))
 
 
@@ -135,9 +138,9 @@ def normalise_url(value: str) -> tuple[str, str]:
         host = parts.hostname
         port = parts.port
     except ValueError:
-        raise InvalidValue(f"'{value}' is not a valid URL") from None
+        raise InvalidValue(f"{shown(value)} is not a valid URL") from None
     if not host:
-        raise InvalidValue(f"'{value}' is not a valid URL: it has no host")
+        raise InvalidValue(f"{shown(value)} is not a valid URL: it has no host")
     try:
         host = normalise_ip(host)
         netloc_host = f"[{host}]" if ":" in host else host
@@ -161,12 +164,13 @@ def normalise_hash(kind: str, value: str) -> str:
     length = HASH_LENGTHS[kind]
     if kind in ("ssdeep", "tlsh", "vhash", "impfuzzy", "telfhash"):
         if not text:
-            raise InvalidValue(f"'{value}' is not a valid {kind}: it is empty")
+            raise InvalidValue(f"{shown(value)} is not a valid {kind}: it is empty")
         return text
     text = text.lower()
     if len(text) != length or not re.fullmatch(r"[0-9a-f]+", text):
         raise InvalidValue(
-            f"'{value}' is not a valid {kind}: expected {length} hexadecimal digits"
+            f"{shown(value)} is not a valid {kind}: expected {length} "
+            "hexadecimal digits"
         )
     return text
 
@@ -187,7 +191,7 @@ def _normalise_part(kind: str, value: str) -> tuple[str, dict[str, str]]:
     if kind in EMAIL_TYPES:
         local, at, domain = value.strip().rpartition("@")
         if not at or not local:
-            raise InvalidValue(f"'{value}' is not a valid email address")
+            raise InvalidValue(f"{shown(value)} is not a valid email address")
         email = f"{local}@{normalise_host(domain)}"
         return email, {"email": email}
     if kind == "port":
@@ -228,7 +232,7 @@ def normalise(attribute_type: str, value: str) -> Observable:
         left, sep, right = value.partition("|")
     if not sep:
         raise InvalidValue(
-            f"'{value}' is not a valid {attribute_type}: expected two values "
+            f"{shown(value)} is not a valid {attribute_type}: expected two values "
             "joined by '|'"
         )
     left_value, left_parts = _normalise_part(left_type, left)

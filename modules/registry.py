@@ -27,6 +27,7 @@ class Registry:
 
     modules: dict[str, type[ExpansionModule]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    disabled: set[str] = field(default_factory=set)
 
     def add(self, module: type[ExpansionModule], origin: str) -> None:
         missing = [name for name in REQUIRED if not getattr(module, name, None)]
@@ -84,8 +85,11 @@ def discover(disabled: set[str] | None = None) -> Registry:
         for module in classes:
             if module.name in disabled:
                 registry.skipped[origin] = "disabled by MISP_ENRICH_DISABLED_MODULES"
+                registry.disabled.add(module.name)
                 continue
             registry.add(module, origin)
+    for name in sorted(disabled - registry.disabled):
+        registry.skipped[f"MISP_ENRICH_DISABLED_MODULES={name}"] = "no such module"
     return registry
 
 

@@ -10,7 +10,14 @@ import aiohttp
 
 from modules.context import Context
 from modules.engine import Engine
-from modules.errors import DeadlineExceeded, UnknownModule, UnsupportedType
+from modules.errors import (
+    DeadlineExceeded,
+    EnrichError,
+    ModuleFailed,
+    UnknownModule,
+    UnsupportedType,
+    shown,
+)
 from modules.module import ExpansionModule
 from modules.observable import normalise
 from modules.protocol import Query
@@ -26,6 +33,12 @@ def pick_observable(
 ) -> tuple[str, str, str | None]:
     """Return the (type, value, reference uuid) the module should enrich."""
     if query.object_name is not None:
+        if query.object_name not in module.input_objects:
+            handled = ", ".join(module.input_objects) or "none"
+            raise UnsupportedType(
+                f"{module.name} does not enrich {shown(query.object_name)} objects; "
+                f"objects it enriches: {handled}"
+            )
         accepted = [
             attribute
             for attribute in query.object_attributes
@@ -42,9 +55,10 @@ def pick_observable(
         return accepted[0].type, accepted[0].value, query.reference_uuid
     assert query.attribute_type is not None and query.value is not None
     if query.attribute_type not in module.input_types:
+        handled = ", ".join(module.input_types)
         raise UnsupportedType(
-            f"{module.name} does not handle attribute type '{query.attribute_type}'; "
-            f"it handles: {', '.join(module.input_types)}"
+            f"{module.name} does not handle attribute type "
+            f"{shown(query.attribute_type)}; it handles: {handled}"
         )
     return query.attribute_type, query.value, query.reference_uuid
 
@@ -82,9 +96,14 @@ class Enricher:
         """Answer a query; every failure becomes a typed EnrichError."""
         module = self.registry.get(query.module)
         if module is None:
+            if query.module in self.registry.disabled:
+                raise UnknownModule(
+                    f"module '{query.module}' is disabled on this server "
+                    "(MISP_ENRICH_DISABLED_MODULES)"
+                )
             known = ", ".join(sorted(self.registry.modules)) or "none"
             raise UnknownModule(
-                f"unknown module '{query.module}'; this server has: {known}"
+                f"unknown module {shown(query.module)}; this server has: {known}"
             )
         attribute_type, value, reference_uuid = pick_observable(module, query)
         observable = normalise(attribute_type, value)
@@ -102,12 +121,23 @@ class Enricher:
         try:
             async with asyncio.timeout(seconds):
                 answer = await instance.enrich(observable, config, ctx)
+            if query.standard:
+                return answer.to_standard(hover=query.hover)
+            return answer.to_simplified()
         except TimeoutError:
+            setting = "HOVER_DEADLINE" if query.hover else "DEADLINE"
             raise DeadlineExceeded(
                 module.title,
                 f"no answer within the {seconds:g} s deadline; the query was "
-                "cancelled (raise MISP_ENRICH_DEADLINE if MISP waits longer)",
+                f"cancelled (raise MISP_ENRICH_{setting} if MISP waits longer)",
             ) from None
-        if query.standard:
-            return answer.to_standard(hover=query.hover)
-        return answer.to_simplified()
+        except EnrichError:
+            raise
+        except Exception as err:
+            # A bug, or a source answer of a shape the module did not expect:
+            # either way the analyst learns which source, the log the rest.
+            log.exception("module %s failed on a %s", module.name, attribute_type)
+            raise ModuleFailed(
+                f"{module.title}: internal error ({type(err).__name__}) while "
+                "building the answer; the server log has details"
+            ) from err

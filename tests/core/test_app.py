@@ -187,6 +187,7 @@ async def test_hover_gets_the_shorter_deadline(sample_client: Any) -> None:
     answer = await (await client.post("/query", json=body)).json()
 
     assert "within the 0.2 s deadline" in answer["error"]
+    assert "raise MISP_ENRICH_HOVER_DEADLINE" in answer["error"]
 
 
 async def test_module_bug_is_named_not_something_went_wrong(
@@ -200,7 +201,10 @@ async def test_module_bug_is_named_not_something_went_wrong(
 
     assert response.status == 200
     assert answer["results"] == []
-    assert answer["error"] == "internal error (KeyError); the server log has details"
+    assert answer["error"] == (
+        "Crash: internal error (KeyError) while building the answer; the server "
+        "log has details"
+    )
     assert "crash" in caplog.text
     assert (await client.get("/healthcheck")).status == 200
 
@@ -221,7 +225,10 @@ async def test_missing_key_and_bad_setting(
         "results": [],
     }
     assert invalid["results"] == []
-    assert invalid["error"].startswith("keyed: invalid setting: limit: Input should be")
+    assert invalid["error"].startswith(
+        "Keyed: invalid setting limit (Plugin.Enrichment_keyed_limit or "
+        "MISP_ENRICH_KEYED_LIMIT): Input should be a valid integer"
+    )
     assert "many" not in invalid["error"]
 
 
@@ -265,3 +272,61 @@ async def test_access_log_has_no_body_config_or_user(
     ):
         assert secret not in caplog.text
     assert "https://www.example.com/login" not in caplog.text
+
+
+async def test_control_characters_in_a_setting_are_refused_unechoed(
+    sample_client: Any,
+) -> None:
+    client = await sample_client()
+    body = {
+        "module": "keyed",
+        "event_id": "1",
+        "domain": "example.com",
+        "config": {"apikey": "SECRET-PART\r\nX-Injected: 1"},
+    }
+
+    answer = await (await client.post("/query", json=body)).json()
+
+    assert answer == {
+        "error": "Keyed: invalid setting apikey (Plugin.Enrichment_keyed_apikey or "
+        "MISP_ENRICH_KEYED_APIKEY): it holds control characters",
+        "results": [],
+    }
+
+
+async def test_object_of_a_kind_the_module_does_not_enrich(client: Any) -> None:
+    answer = await (
+        await client.post(
+            "/query", json=misp_request("object-enrichment") | {"module": "dns"}
+        )
+    ).json()
+
+    assert answer == {
+        "error": "dns does not enrich 'file' objects; objects it enriches: none",
+        "results": [],
+    }
+
+
+async def test_long_module_names_are_cut_short(client: Any) -> None:
+    body = {"module": "m" * 100_000, "domain": "example.com"}
+
+    answer = await (await client.post("/query", json=body)).json()
+
+    assert len(answer["error"]) < 300
+    assert answer["error"].startswith("unknown module '" + "m" * 80 + "... (100000")
+
+
+async def test_disabled_module_says_so(aiohttp_client: Any) -> None:
+    settings = ServerSettings(cache="memory")
+    registry = discover({"dns"})
+    client = await aiohttp_client(create_app(registry, settings))
+
+    answer = await (
+        await client.post("/query", json=misp_request("composite-domain-ip"))
+    ).json()
+
+    assert answer == {
+        "error": "module 'dns' is disabled on this server "
+        "(MISP_ENRICH_DISABLED_MODULES)",
+        "results": [],
+    }

@@ -51,6 +51,13 @@ VALID = [
     ("ip-dst", "2001:0DB8:0000::0001", "2001:db8::1", {"ip": "2001:db8::1"}),
     ("ip-dst", "192.0.2[.]10", "192.0.2.10", {"ip": "192.0.2.10"}),
     ("ip-src", "[2001:db8::5]", "2001:db8::5", {"ip": "2001:db8::5"}),
+    ("ip-src", "fe80::1%eth0", "fe80::1", {"ip": "fe80::1"}),
+    (
+        "domain|ip",
+        "example.com|fe80::1%25",
+        "example.com|fe80::1",
+        {"domain": "example.com", "ip": "fe80::1"},
+    ),
     (
         "url",
         "hxxps://login.example[.]com/verify",
@@ -163,6 +170,8 @@ INVALID = [
     ("url", "http://[::1/x", "is not a valid URL"),
     ("email", "no-at-sign.example.com", "is not a valid email address"),
     ("text", "   ", "the text value is empty"),
+    ("ip-src", "192.0.2.1%eth0", "'192.0.2.1%eth0' is not a valid IP address"),
+    ("domain", "a" * 10_000, "'" + "a" * 80 + "... (10000 characters)' is not"),
 ]
 
 

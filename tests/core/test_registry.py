@@ -86,7 +86,15 @@ def test_disabled_modules(monkeypatch: pytest.MonkeyPatch) -> None:
     found = discover({"dns"})
 
     assert "dns" not in found.modules
+    assert found.disabled == {"dns"}
     assert "disabled" in found.skipped["expansion.dns"]
+
+
+def test_disabling_an_unknown_module_is_reported() -> None:
+    found = discover({"dsn"})
+
+    assert "dns" in found.modules
+    assert found.skipped == {"MISP_ENRICH_DISABLED_MODULES=dsn": "no such module"}
 
 
 def test_describe_is_misp_modules_shape() -> None:

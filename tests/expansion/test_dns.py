@@ -241,7 +241,8 @@ async def test_bad_nameserver_setting(client: Any) -> None:
 
     assert answer["results"] == []
     assert answer["error"] == (
-        "dns: invalid setting: nameserver: Value error, 'dns.example.com' is not "
+        "DNS: invalid setting nameserver (Plugin.Enrichment_dns_nameserver or "
+        "MISP_ENRICH_DNS_NAMESERVER): Value error, 'dns.example.com' is not "
         "IP, IP:port or [IPv6]:port"
     )
 

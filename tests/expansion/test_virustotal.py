@@ -994,7 +994,10 @@ async def test_invalid_event_limit_is_a_config_error(
         client, attribute_request("domain", DOMAIN, event_limit="many")
     )
 
-    assert answer["error"].startswith("virustotal: invalid setting: event_limit:")
+    assert answer["error"].startswith(
+        "VirusTotal: invalid setting event_limit (Plugin.Enrichment_virustotal_"
+        "event_limit or MISP_ENRICH_VIRUSTOTAL_EVENT_LIMIT): Input should be"
+    )
     assert vt.requests == []
 
 
