@@ -483,7 +483,7 @@ def related_object(answer: Answer, item: dict[str, Any]) -> MISPObject | None:
     return None
 
 
-def add_resolutions(entity: Entity, page: Page) -> None:
+def add_resolutions(answer: Answer, entity: Entity, page: Page) -> None:
     """Add the resolved IPs (of a domain) or names (of an IP) to the entity."""
     key = "ip_address" if entity.target.collection == "domains" else "host_name"
     relation = "ip" if key == "ip_address" else "domain"
@@ -492,13 +492,13 @@ def add_resolutions(entity: Entity, page: Page) -> None:
         value = item["attributes"].get(key)
         if isinstance(value, str) and value and value not in found:
             found.append(value)
-    Answer.add_values(entity.obj, relation, found)
+    answer.add_values(entity.obj, relation, found)
 
 
 def link_page(answer: Answer, entity: Entity, link: Link, page: Page) -> None:
     """Add the related objects of one page and reference them to the entity."""
     if link.relationship is None:
-        add_resolutions(entity, page)
+        add_resolutions(answer, entity, page)
         return
     for item in page.items:
         key = (str(item.get("type")), str(item.get("id")))

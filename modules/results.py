@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+from datetime import date, datetime
 from typing import Any
 
 import orjson
 from pymisp import AbstractMISP, MISPObject
+from pymisp.exceptions import PyMISPError
+
+from modules.errors import InvalidValue
+from modules.observable import HASH_LENGTHS, normalise_hash, normalise_host
+
+log = logging.getLogger(__name__)
+NUMERIC_TYPES = frozenset({"counter", "float", "size-in-bytes", "integer", "port"})
 
 
 def _plain(obj: Any) -> Any:
@@ -30,6 +40,7 @@ class Answer:
         self.tags: list[str] = []
         self.notes: list[str] = []
         self.summary: str | None = None
+        self.skipped = 0
 
     def add_object(
         self,
@@ -54,16 +65,27 @@ class Answer:
         self.objects.append(obj)
         return obj
 
-    @staticmethod
-    def add_values(obj: MISPObject, relation: str, value: Any, **kwargs: Any) -> None:
-        """Add one or several values under a relation, skipping empty ones."""
+    def add_values(
+        self, obj: MISPObject, relation: str, value: Any, **kwargs: Any
+    ) -> None:
+        """Add one or several values under a relation, skipping empty ones.
+
+        A value MISP would refuse for the relation's type (a source sent
+        something odd) is left out, and the answer says so.
+        """
+        attributes = (obj._definition or {}).get("attributes", {})
+        if relation not in attributes:
+            raise ValueError(f"the {obj.name} template has no relation {relation}")
+        kind = attributes[relation]["misp-attribute"]
         for item in value if isinstance(value, list | tuple) else [value]:
             if item is None or item == "" or item == []:
                 continue
-            # MISP stores every value as a string; its event schema says so.
-            if isinstance(item, int | float) and not isinstance(item, bool):
-                item = str(item)
-            obj.add_attribute(relation, value=item, to_ids=False, **kwargs)
+            checked = checked_value(kind, item)
+            if checked is None:
+                log.debug("left out a %s value for %s.%s", kind, obj.name, relation)
+                self.skipped += 1
+                continue
+            obj.add_attribute(relation, value=checked, to_ids=False, **kwargs)
 
     def add_attribute(
         self, attribute_type: str, value: str, category: str, comment: str = ""
@@ -101,8 +123,9 @@ class Answer:
             )
         if attributes:
             results["Attribute"] = attributes
-        if self.objects:
-            results["Object"] = [obj.to_dict() for obj in self.objects]
+        objects = self._valid_objects()
+        if objects:
+            results["Object"] = objects
         if self.tags:
             results["Tag"] = [{"name": name} for name in self.tags]
         body: dict[str, Any] = {"results": results}
@@ -137,8 +160,54 @@ class Answer:
             body["comment"] = comment
         return body
 
+    def _valid_objects(self) -> list[dict[str, Any]]:
+        """Return the objects as dicts, leaving out any MISP would refuse."""
+        valid = []
+        for obj in self.objects:
+            try:
+                plain = obj.to_dict()
+            except PyMISPError as err:
+                log.warning("left out a %s object MISP would refuse: %s", obj.name, err)
+                self.skipped += 1
+                continue
+            if not plain.get("Attribute"):
+                continue
+            valid.append(plain)
+        return valid
+
     def comment(self) -> str:
         parts = list(self.notes)
+        if self.skipped:
+            parts.append(
+                f"{self.skipped} value(s) from the source were not valid for MISP "
+                "and were left out"
+            )
         if self.is_empty() and not parts and self.summary:
             parts.append(self.summary)
         return "; ".join(parts)
+
+
+def checked_value(kind: str, value: Any) -> Any:
+    """Return the value as MISP stores it for the type, or None if it is invalid."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float | date):
+        return None
+    if isinstance(value, date):
+        return value if isinstance(value, datetime) else str(value)
+    # MISP stores every value as a string; its event schema says so.
+    text = str(value)
+    try:
+        if kind in NUMERIC_TYPES:
+            float(text)
+        elif kind in HASH_LENGTHS:
+            return normalise_hash(kind, text)
+        elif kind in ("ip-src", "ip-dst"):
+            return (
+                str(ipaddress.ip_network(text, strict=False))
+                if "/" in text
+                else (ipaddress.ip_address(text).compressed)
+            )
+        elif kind in ("domain", "hostname"):
+            return normalise_host(text)
+    except (InvalidValue, ValueError):
+        return None
+    return text

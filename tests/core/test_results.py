@@ -1,0 +1,114 @@
+"""Answers: objects MISP accepts, values it would refuse left out, both formats."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from modules.results import Answer, checked_value, dumps
+
+INPUT = "7a3d2980-d0de-4ef4-8fbf-6e27e5e6aee4"
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "checked"),
+    [
+        ("md5", "44D88612FEA8A8F36DE82E1278ABB02F", "44d88612fea8a8f36de82e1278abb02f"),
+        ("md5", "5", None),
+        ("sha256", 5, None),
+        ("ip-dst", "2001:0db8::0001", "2001:db8::1"),
+        ("ip-dst", "192.0.2.0/24", "192.0.2.0/24"),
+        ("ip-src", "not-an-ip", None),
+        ("domain", "Example.COM.", "example.com"),
+        ("hostname", "bad host", None),
+        ("size-in-bytes", 18432, "18432"),
+        ("size-in-bytes", "big", None),
+        ("float", 37.75, "37.75"),
+        ("text", {"x": 1}, None),
+        ("text", ["nested"], None),
+        ("text", True, None),
+        ("text", "plain", "plain"),
+        (
+            "datetime",
+            datetime(2024, 6, 1, tzinfo=UTC),
+            datetime(2024, 6, 1, tzinfo=UTC),
+        ),
+    ],
+)
+def test_checked_value(kind: str, value: Any, checked: Any) -> None:
+    assert checked_value(kind, value) == checked
+
+
+def test_values_misp_would_refuse_are_left_out_and_noted() -> None:
+    answer = Answer(INPUT)
+
+    answer.add_object(
+        "file", {"md5": "5", "sha256": "zz", "size-in-bytes": {"x": 1}, "filename": "a"}
+    )
+    body = answer.to_standard()
+
+    [obj] = body["results"]["Object"]
+    assert [(a["object_relation"], a["value"]) for a in obj["Attribute"]] == [
+        ("filename", "a")
+    ]
+    assert body["comment"] == (
+        "3 value(s) from the source were not valid for MISP and were left out"
+    )
+
+
+def test_an_object_left_empty_is_not_sent() -> None:
+    answer = Answer(INPUT)
+
+    answer.add_object("file", {"md5": "not-a-hash"})
+
+    assert "Object" not in answer.to_standard()["results"]
+
+
+def test_an_unknown_relation_is_a_clear_bug() -> None:
+    with pytest.raises(ValueError, match="the asn template has no relation nope"):
+        Answer(INPUT).add_object("asn", {"nope": "x"})
+
+
+def test_objects_reference_the_input_and_get_fresh_uuids() -> None:
+    first, second = Answer(INPUT), Answer(INPUT)
+    for answer in (first, second):
+        answer.add_object(
+            "domain-ip", {"domain": "example.com"}, relationship="describes"
+        )
+
+    one, two = (a.to_standard()["results"]["Object"][0] for a in (first, second))
+
+    assert one["ObjectReference"][0]["referenced_uuid"] == INPUT
+    assert one["ObjectReference"][0]["relationship_type"] == "describes"
+    assert one["uuid"] != two["uuid"]
+    assert one["Attribute"][0]["uuid"] != two["Attribute"][0]["uuid"]
+    assert one["Attribute"][0]["to_ids"] is False
+
+
+def test_simplified_format() -> None:
+    answer = Answer(None)
+    answer.summary = "one line"
+    answer.add_object("domain-ip", {"domain": "example.com", "ip": ["192.0.2.1"]})
+    answer.add_attribute("text", "extra", "Other", "a note")
+
+    assert answer.to_simplified() == {
+        "results": [
+            {"types": ["text"], "values": ["one line"], "comment": "summary"},
+            {
+                "types": ["domain"],
+                "values": ["example.com"],
+                "comment": "domain-ip: domain",
+            },
+            {"types": ["ip-dst"], "values": ["192.0.2.1"], "comment": "domain-ip: ip"},
+            {"types": ["text"], "values": ["extra"], "comment": "a note"},
+        ]
+    }
+
+
+def test_dumps_serialises_pymisp_objects() -> None:
+    answer = Answer(INPUT)
+    answer.add_object("domain-ip", {"domain": "example.com"})
+
+    assert b'"name":"domain-ip"' in dumps(answer.to_standard())
