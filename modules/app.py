@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from modules import __version__
 from modules.errors import BadRequest, EnrichError, error_body
@@ -108,6 +109,19 @@ async def post_query(request: web.Request) -> web.Response:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _too_large(request, limit)
+    except RequestPayloadError as err:
+        # A body that does not decompress or ends early: MISP never sends one.
+        request[OUTCOME] = "bad_body"
+        reason = str(err).replace("\n", " ").split(", message: ")[-1].strip()
+        response = json_response(
+            {"error": f"the body could not be read ({reason})", "results": []},
+            status=400,
+        )
+        # The rest of such a body cannot be read either: mark it ended, so
+        # the server closes after the answer instead of draining it.
+        response.force_close()
+        request.content.feed_eof()
+        return response
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as err:

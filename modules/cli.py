@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -14,9 +15,10 @@ from pydantic import ValidationError
 from modules import __version__
 from modules.errors import EnrichError, error_body
 from modules.protocol import Query
+from modules.ratelimit import parse_limits
 from modules.registry import Registry, discover
 from modules.results import dumps
-from modules.settings import ServerSettings
+from modules.settings import ServerSettings, source_policy
 
 log = logging.getLogger("modules")
 
@@ -44,25 +46,85 @@ def cmd_serve(args: argparse.Namespace, settings: ServerSettings) -> int:
         updates["port"] = args.port
     settings = settings.model_copy(update=updates)
     registry = load_registry(settings)
-    app = create_app(registry, settings)
-    log.info(
-        "misp-enrich %s listening on http://%s:%d",
-        __version__,
-        settings.host,
-        settings.port,
-    )
-    log.info("modules loaded: %s", ", ".join(registry.modules) or "none")
+    problems = policy_problems(registry)
+    for problem in problems:
+        print(f"misp-enrich: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     for origin, reason in registry.skipped.items():
         log.warning("module skipped: %s: %s", origin, reason)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        print=None,
-        handle_signals=True,
-    )
+    log.info("modules loaded: %s", ", ".join(registry.modules) or "none")
+    warn_about_deadlines(settings)
+    try:
+        asyncio.run(serve(create_app(registry, settings), settings))
+    except OSError as err:
+        log.error(
+            "cannot listen on %s:%d: %s; pick another port with --port or "
+            "MISP_ENRICH_PORT",
+            settings.host,
+            settings.port,
+            err.strerror or err,
+        )
+        return 2
+    except KeyboardInterrupt:
+        pass
     return 0
+
+
+async def serve(app: web.Application, settings: ServerSettings) -> None:
+    """Listen until SIGINT or SIGTERM, then close cleanly."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        log.info(
+            "misp-enrich %s listening on http://%s:%d",
+            __version__,
+            settings.host,
+            settings.port,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
+
+
+def policy_problems(registry: Registry) -> list[str]:
+    """Check every module's server-side source settings before serving."""
+    problems = []
+    for module in registry.modules.values():
+        try:
+            parse_limits(module.name, source_policy(module).rate_limits)
+        except EnrichError as err:
+            problems.append(str(err))
+    return problems
+
+
+def warn_about_deadlines(settings: ServerSettings) -> None:
+    """Say when a deadline lets an answer arrive after MISP gave up."""
+    for name, seconds, misp_setting, misp_default in (
+        ("MISP_ENRICH_DEADLINE", settings.deadline, "Plugin.Enrichment_timeout", 10),
+        (
+            "MISP_ENRICH_HOVER_DEADLINE",
+            settings.hover_deadline,
+            "Plugin.Enrichment_hover_timeout",
+            5,
+        ),
+    ):
+        if seconds >= misp_default:
+            log.warning(
+                "%s is %g s, not below MISP's default %s of %d s: raise that "
+                "setting in MISP too, or answers arrive after MISP gave up",
+                name,
+                seconds,
+                misp_setting,
+                misp_default,
+            )
 
 
 def cmd_modules(args: argparse.Namespace, settings: ServerSettings) -> int:

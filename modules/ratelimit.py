@@ -43,9 +43,10 @@ def parse_limits(name: str, texts: Iterable[str]) -> tuple[Limit, ...]:
         try:
             parsed.append(Limit(text, limits.parse(text)))
         except ValueError as err:
+            variable = f"MISP_ENRICH_{name.upper()}_RATE_LIMITS"
             raise ConfigError(
                 f"{name}: '{text}' is not a rate limit such as 4/minute or "
-                f"500/day ({err})"
+                f"500/day ({err}); check {variable}"
             ) from None
     return tuple(parsed)
 

@@ -63,8 +63,13 @@ class ServerSettings(BaseSettings):
     rate_limit_margin: float = Field(
         0.5, ge=0, description="seconds a rate-limit or retry wait leaves for the call"
     )
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     disabled_modules: str = ""
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("redis_url")
     @classmethod

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -89,3 +90,97 @@ def test_serves_misp_from_a_process(server: tuple[str, Any]) -> None:
     assert "listening on http://127.0.0.1:" in text
     assert "modules loaded: " in text and "dns" in text
     assert "POST /query dns 200" in text
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "modules.cli", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_taken_port_is_one_clear_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = run_cli("serve", "--port", str(port))
+
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "pick another port with --port or MISP_ENRICH_PORT" in result.stderr
+    assert "listening on" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("MISP_ENRICH_DNS_CACHE_TTL", "1x", "MISP_ENRICH_DNS_CACHE_TTL: '1x' is not"),
+        (
+            "MISP_ENRICH_VIRUSTOTAL_RATE_LIMITS",
+            "foo",
+            "check MISP_ENRICH_VIRUSTOTAL_RATE_LIMITS",
+        ),
+        ("MISP_ENRICH_OTX_CONCURRENCY", "abc", "MISP_ENRICH_OTX_CONCURRENCY: 'abc'"),
+        ("MISP_ENRICH_LOG_LEVEL", "loud", "MISP_ENRICH_LOG_LEVEL: Input should be"),
+    ],
+)
+def test_bad_settings_stop_the_start_with_one_line(
+    variable: str, value: str, message: str
+) -> None:
+    result = run_cli("serve", "--port", str(free_port()), env={variable: value})
+
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_deadline_past_misps_timeout_is_warned_about() -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "modules.cli", "serve", "--port", str(port)],
+        env={**os.environ, "MISP_ENRICH_DEADLINE": "12"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(200):
+            try:
+                get(f"http://127.0.0.1:{port}/healthcheck")
+                break
+            except OSError:
+                time.sleep(0.05)
+    finally:
+        process.terminate()
+        _, err = process.communicate(timeout=10)
+
+    assert "MISP_ENRICH_DEADLINE is 12 s, not below MISP's default" in err
+    assert "stopping" in err
+
+
+def test_a_body_that_does_not_decompress_is_a_json_400(server: tuple[str, Any]) -> None:
+    url, log = server
+    request = urllib.request.Request(
+        url + "/query",
+        data=b"notgzipdata",
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+
+    assert caught.value.code == 400
+    body = json.loads(caught.value.read())
+    assert body["error"].startswith("the body could not be read")
+    assert body["results"] == []
+    assert get(url + "/healthcheck") == {"status": True}
+    log.seek(0)
+    assert "Traceback" not in log.read()
