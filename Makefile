@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/misp-enrich serve
+	$(BIN)/misp-enrich serve $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest
