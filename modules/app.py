@@ -19,13 +19,13 @@ from modules.openapi import openapi_document
 from modules.protocol import parse_query
 from modules.registry import Registry, modules_body
 from modules.results import dumps
-from modules.runner import Enricher
+from modules.runner import Enricher, QueryRunner
 from modules.settings import ServerSettings
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("modules.access")
 
-ENRICHER = web.AppKey("enricher", Enricher)
+ENRICHER = web.AppKey("enricher", QueryRunner)
 MODULES_BODY = web.AppKey("modules_body", bytes)
 OPENAPI_BODY = web.AppKey("openapi_body", bytes)
 
@@ -134,7 +134,9 @@ async def post_query(request: web.Request) -> web.Response:
     try:
         query = parse_query(body)
         request[MODULE] = query.module
-        response = json_response(await enricher.run(query))
+        response = web.Response(
+            body=await enricher.answer(query), content_type="application/json"
+        )
     except EnrichError as err:
         request[OUTCOME] = err.outcome
         log.info(
@@ -161,7 +163,7 @@ def _too_large(request: web.Request, limit: int) -> web.Response:
 
 
 def create_app(
-    registry: Registry, settings: ServerSettings, enricher: Enricher | None = None
+    registry: Registry, settings: ServerSettings, enricher: QueryRunner | None = None
 ) -> web.Application:
     """Build the aiohttp application for a registry of modules."""
     app = web.Application(
@@ -178,7 +180,7 @@ def create_app(
     app.router.add_get("/metrics", get_metrics)
 
     async def start_engine(app: web.Application) -> None:
-        await app[ENRICHER].engine.start()
+        await app[ENRICHER].start()
 
     app.on_startup.append(start_engine)
 

@@ -38,6 +38,8 @@ def load_registry(settings: ServerSettings) -> Registry:
 
 def cmd_serve(args: argparse.Namespace, settings: ServerSettings) -> int:
     from modules.app import create_app
+    from modules.runner import Enricher
+    from modules.worker import WorkerEnricher
 
     updates: dict[str, Any] = {}
     if args.host:
@@ -56,7 +58,8 @@ def cmd_serve(args: argparse.Namespace, settings: ServerSettings) -> int:
     log.info("modules loaded: %s", ", ".join(registry.modules) or "none")
     warn_about_deadlines(settings)
     try:
-        asyncio.run(serve(create_app(registry, settings), settings))
+        enricher = WorkerEnricher(Enricher(registry, settings))
+        asyncio.run(serve(create_app(registry, settings, enricher), settings))
     except OSError as err:
         log.error(
             "cannot listen on %s:%d: %s; pick another port with --port or "

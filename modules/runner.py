@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -22,6 +22,7 @@ from modules.module import ExpansionModule
 from modules.observable import normalise
 from modules.protocol import Query
 from modules.registry import Registry
+from modules.results import dumps
 from modules.settings import ServerSettings
 from modules.upstream import Source, make_session
 
@@ -63,6 +64,25 @@ def pick_observable(
     return query.attribute_type, query.value, query.reference_uuid
 
 
+class QueryRunner(Protocol):
+    """What the HTTP app needs of whatever answers its queries."""
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def settings(self) -> ServerSettings: ...
+
+    @property
+    def engine(self) -> Engine: ...
+
+    async def start(self) -> None: ...
+
+    async def answer(self, query: Query) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
 class Enricher:
     """Owns the registry, the engine and the HTTP session; runs queries."""
 
@@ -83,6 +103,14 @@ class Enricher:
         if self._session is None:
             self._session = make_session(self.settings.ca_bundle)
         return self._session
+
+    async def start(self) -> None:
+        """Open the engine's backends."""
+        await self.engine.start()
+
+    async def answer(self, query: Query) -> bytes:
+        """Answer a query as the bytes of its JSON body."""
+        return dumps(await self.run(query))
 
     async def close(self) -> None:
         if self._session is not None:
