@@ -798,9 +798,12 @@ def enrich_server(
     logs: Path,
     source: Path = servers.ROOT,
     profile: Path | None = None,
+    cache_dir: Path | None = None,
 ) -> servers.Server:
     """Describe the misp-enrich server with the settings given on the command line."""
-    server = servers.misp_enrich(servers.free_port(), nameserver, logs, source, profile)
+    server = servers.misp_enrich(
+        servers.free_port(), nameserver, logs, source, profile, cache_dir
+    )
     server.env.update(extra_env(args.enrich_env))
     return server
 
@@ -878,7 +881,11 @@ def main(argv: list[str] | None = None) -> int:
             revision = servers.export_revision(args.rev, source)
             print(f"misp-enrich from revision {revision}", flush=True)
         profile = RESULTS / "misp-enrich.prof" if args.profile else None
-        enrich = Target(enrich_server(args, nameserver, logs, source, profile))
+        # A new directory per run: a SQLite cache must start empty too.
+        cache_dir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        enrich = Target(
+            enrich_server(args, nameserver, logs, source, profile, cache_dir)
+        )
         targets = [enrich]
         modules = None
         if executable is not None:

@@ -184,8 +184,13 @@ def misp_enrich(
     log_dir: Path,
     source: Path = ROOT,
     profile: Path | None = None,
+    cache_dir: Path | None = None,
 ) -> Server:
-    """Describe a misp-enrich server, run from a source tree, with a fresh cache."""
+    """Describe a misp-enrich server, run from a source tree, with a fresh cache.
+
+    `cache_dir` should be new for each run, so that a SQLite cache never
+    carries answers over from an earlier run.
+    """
     bin_dir = Path(sys.executable).parent
     if profile is None:
         argv = [str(bin_dir / "misp-enrich")]
@@ -195,7 +200,7 @@ def misp_enrich(
     argv += ["serve", "--host", "127.0.0.1", "--port", str(port)]
     env = {
         "MISP_ENRICH_CACHE": "memory",
-        "MISP_ENRICH_CACHE_PATH": str(log_dir / "misp-enrich-cache.sqlite3"),
+        "MISP_ENRICH_CACHE_PATH": str((cache_dir or log_dir) / "cache.sqlite3"),
         # Server-side default too, so no query can reach the system resolver.
         "MISP_ENRICH_DNS_NAMESERVER": nameserver,
         # Ahead of the editable install, so the chosen tree is what runs.

@@ -121,9 +121,10 @@ def test_rows_render_ratios_as_advantage() -> None:
 
 def test_enrich_env_reaches_the_misp_enrich_process() -> None:
     args = parse_args(["--enrich-env", "MISP_ENRICH_DNS_CONCURRENCY=64"])
-    server = enrich_server(args, "127.0.0.1", Path("/tmp"))
+    server = enrich_server(args, "127.0.0.1", Path("/tmp"), cache_dir=Path("/x"))
     assert server.env["MISP_ENRICH_DNS_CONCURRENCY"] == "64"
     assert server.env["MISP_ENRICH_CACHE"] == "memory"
     assert server.env["MISP_ENRICH_DNS_NAMESERVER"] == "127.0.0.1"
+    assert server.env["MISP_ENRICH_CACHE_PATH"] == "/x/cache.sqlite3"
     with pytest.raises(SystemExit):
         extra_env(["no-equals-sign"])
