@@ -120,7 +120,9 @@ class DNS(ExpansionModule):
     third_party = True
     cache_ttl = 3600
     not_found_ttl = 300
-    concurrency = 32
+    # Seven questions per name, each a datagram: a high cap keeps names
+    # flowing while still bounding the sockets open at once.
+    concurrency = 512
     # A lame delegation or a dead resolver a query names fails that query
     # alone; it says nothing about the next name or nameserver.
     uses_breaker = False

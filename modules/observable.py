@@ -107,13 +107,15 @@ def normalise_host(value: str) -> str:
     text = value.strip().rstrip(".")
     if not text:
         raise InvalidValue(f"{shown(value)} is not a valid domain name: it is empty")
-    try:
-        ascii_name = idna.encode(text, uts46=True).decode("ascii")
-    except idna.IDNAError:
-        # Underscores and other labels IDNA 2008 rejects still occur in DNS.
-        if not text.isascii():
-            raise InvalidValue(f"{shown(value)} is not a valid domain name") from None
+    if text.isascii():
+        # Already A-labels; underscores and other labels IDNA 2008 rejects
+        # still occur in DNS, so only the label syntax below is checked.
         ascii_name = text
+    else:
+        try:
+            ascii_name = idna.encode(text, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            raise InvalidValue(f"{shown(value)} is not a valid domain name") from None
     ascii_name = ascii_name.lower()
     labels = ascii_name.split(".")
     if len(ascii_name) > 253 or not all(_LABEL.match(label) for label in labels):

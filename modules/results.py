@@ -165,7 +165,7 @@ class Answer:
         valid = []
         for obj in self.objects:
             try:
-                plain = obj.to_dict()
+                plain = object_dict(obj)
             except PyMISPError as err:
                 log.warning("left out a %s object MISP would refuse: %s", obj.name, err)
                 self.skipped += 1
@@ -211,3 +211,53 @@ def checked_value(kind: str, value: Any) -> Any:
     except (InvalidValue, ValueError):
         return None
     return text
+
+
+def object_dict(obj: MISPObject) -> dict[str, Any]:
+    """Return an object as PyMISP's to_dict() does, in a fraction of its time.
+
+    to_dict() walks every field through PyMISP's change tracking; an answer
+    only needs the fields MISP reads, which PyMISP has already set and checked.
+    """
+    if obj._strict and obj._known_template:
+        obj._validate()
+    plain: dict[str, Any] = {
+        "name": obj.name,
+        "meta-category": obj["meta-category"],
+        "template_uuid": obj.template_uuid,
+        "description": obj.description,
+        "template_version": str(obj.template_version),
+        "uuid": obj.uuid,
+    }
+    if obj.ObjectReference:
+        plain["ObjectReference"] = [
+            {
+                "uuid": reference.uuid,
+                "object_uuid": reference.object_uuid,
+                "referenced_uuid": reference.referenced_uuid,
+                "relationship_type": reference.relationship_type,
+            }
+            for reference in obj.ObjectReference
+        ]
+    if obj.Attribute:
+        plain["Attribute"] = [_attribute_dict(a) for a in obj.Attribute]
+    plain["distribution"] = str(obj.distribution)
+    plain["sharing_group_id"] = str(obj.sharing_group_id)
+    if getattr(obj, "comment", None):
+        plain["comment"] = obj.comment
+    return plain
+
+
+def _attribute_dict(attribute: Any) -> dict[str, Any]:
+    plain = {
+        "uuid": attribute.uuid,
+        "object_relation": attribute.object_relation,
+        "value": attribute.value,
+        "type": attribute.type,
+        "category": attribute.category,
+        "disable_correlation": attribute.disable_correlation,
+        "to_ids": attribute.to_ids,
+    }
+    if getattr(attribute, "comment", None):
+        plain["comment"] = attribute.comment
+    return plain

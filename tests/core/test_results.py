@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pytest
 
-from modules.results import Answer, checked_value, dumps
+from modules.results import Answer, checked_value, dumps, object_dict
 
 INPUT = "7a3d2980-d0de-4ef4-8fbf-6e27e5e6aee4"
 
@@ -112,3 +113,37 @@ def test_dumps_serialises_pymisp_objects() -> None:
     answer.add_object("domain-ip", {"domain": "example.com"})
 
     assert b'"name":"domain-ip"' in dumps(answer.to_standard())
+
+
+OBJECTS = [
+    ("domain-ip", {"domain": "example.com", "ip": ["192.0.2.1", "2001:db8::1"]}),
+    ("dns-record", {"queried-domain": "example.com", "txt-record": ["v=spf1 -all"]}),
+    (
+        "virustotal-report",
+        {
+            "permalink": "https://www.virustotal.com/gui/domain/example.com",
+            "first-submission": datetime(2024, 6, 1, tzinfo=UTC),
+            "detection-ratio": "2/87",
+        },
+    ),
+    ("file", {"sha256": "a" * 64, "size-in-bytes": 18432, "filename": ["a", "b"]}),
+    ("asn", {"asn": "64500", "subnet-announced": "192.0.2.0/24"}),
+    ("passive-dns", {"rrname": "example.com", "rrtype": "A", "rdata": "192.0.2.1"}),
+    ("geolocation", {"countrycode": "US", "latitude": 37.751}),
+    ("report", {"title": "pulse", "link": "https://example.com/p", "summary": "s"}),
+]
+
+
+@pytest.mark.parametrize(("template", "values"), OBJECTS, ids=[o[0] for o in OBJECTS])
+def test_object_dict_matches_pymisp(template: str, values: dict[str, Any]) -> None:
+    answer = Answer(INPUT)
+    obj = answer.add_object(template, values, comment="from a test")
+    other = answer.add_object("url", {"url": "https://example.com/"}, relationship=None)
+    obj.add_reference(other.uuid, "related-to")
+    obj.attributes[0].comment = "first"
+
+    ours = orjson.loads(dumps(object_dict(obj)))
+    theirs = orjson.loads(dumps(obj.to_dict()))
+
+    assert ours == theirs
+    assert list(ours) == list(theirs)
