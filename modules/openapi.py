@@ -193,6 +193,17 @@ def openapi_document(registry: Registry) -> dict[str, Any]:
                     },
                 }
             },
+            "/metrics": {
+                "get": {
+                    "summary": "Give the metrics in Prometheus' text format",
+                    "responses": {
+                        "200": {
+                            "description": "queries, upstream calls, cache, limits",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }
+            },
             "/version": {
                 "get": {
                     "summary": "Give the server version",

@@ -17,6 +17,7 @@ from tests.conftest import load_payload, misp_request
 from tests.core.test_serve import free_port
 from tests.fakes.dns import DNSServer
 from tests.fakes.http import FakeUpstream
+from tests.fakes.modules import dns as dns_fake
 from tests.fakes.modules import otx, virustotal
 
 SCHEMA_KEYS = {"id", "event_id", "category", "type", "value", "uuid", "to_ids"}
@@ -149,3 +150,23 @@ async def test_enrich_a_whole_event_as_misp_does(served: Any) -> None:
 
     # md5, sha1 and sha256 each go to virustotal and otx.
     assert sent == 6
+
+
+async def test_every_input_type_of_every_module(served: Any) -> None:
+    """Send each module a MISP body for each type it declares, as MISP would."""
+    fakes = {"dns": dns_fake, "otx": otx, "virustotal": virustotal}
+    modules = discover().modules
+    assert set(modules) == set(fakes)
+
+    for name, module in modules.items():
+        for kind in module.input_types:
+            body = misp_request("enrich-button-domain")
+            body["module"] = name
+            body["attribute"].update(type=kind, value=fakes[name].SAMPLES[kind])
+            body["config"] = dict(fakes[name].CONFIG)
+
+            answer = await query(served, body)
+
+            attribute = {k: v for k, v in body["attribute"].items() if k in SCHEMA_KEYS}
+            check_answer(answer, attribute)
+            assert answer["results"].get("Object"), (name, kind, answer)

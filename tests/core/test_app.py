@@ -62,7 +62,15 @@ async def test_healthcheck_version_openapi(client: Any) -> None:
     document = await (await client.get("/openapi.json")).json()
 
     assert document["openapi"] == "3.1.0"
-    assert set(document["paths"]) == {"/modules", "/query", "/healthcheck", "/version"}
+    assert set(document["paths"]) == {
+        "/modules",
+        "/query",
+        "/healthcheck",
+        "/version",
+        "/metrics",
+    }
+    routes = {r.resource.canonical for r in client.app.router.routes()}
+    assert set(document["paths"]) == routes - {"/openapi.json"}
     module_enum = document["paths"]["/query"]["post"]["requestBody"]["content"][
         "application/json"
     ]["schema"]["oneOf"][0]["properties"]["module"]["enum"]
