@@ -185,12 +185,13 @@ async def closed_loop(
     workers = [asyncio.ensure_future(worker()) for _ in range(concurrency)]
     try:
         done, pending = await asyncio.wait(workers, timeout=max_seconds)
+        # Count before cancelling: a cancelled worker no longer counts itself.
+        result.cut = inflight
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
         for task in done:
             task.result()
-        result.cut = inflight
         result.elapsed = (stop_at if pending else last_done) - started
     finally:
         if own:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from pathlib import Path
 
@@ -128,3 +129,30 @@ def test_enrich_env_reaches_the_misp_enrich_process() -> None:
     assert server.env["MISP_ENRICH_CACHE_PATH"] == "/x/cache.sqlite3"
     with pytest.raises(SystemExit):
         extra_env(["no-equals-sign"])
+
+
+async def test_closed_loop_counts_requests_cut_by_the_time_limit() -> None:
+    from aiohttp import web
+
+    from bench.load import closed_loop
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(1)
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        result = await closed_loop(
+            f"http://127.0.0.1:{port}/slow", [None] * 4, 2, 0.3, method="GET"
+        )
+    finally:
+        await runner.cleanup()
+    assert result.requests == 2
+    assert result.ok == 0
+    assert result.cut == 2
