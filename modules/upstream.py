@@ -232,9 +232,22 @@ class Source:
         packed = await self._lookup(key)
         if packed is None:
             packed = await self.engine.coalescer.run(
-                key, lambda: self._fill(key, call, ttl)
+                key, lambda: self._fill_unless_stored(key, call, ttl)
             )
         return self._unpack(packed)
+
+    async def _fill_unless_stored(
+        self, key: str, call: Call, ttl: float | None
+    ) -> bytes:
+        """Lead the call, unless the answer was stored since our cache miss.
+
+        A call that finished between our miss and our joining has left the
+        coalescer, but its answer is in the cache already.
+        """
+        packed = await self.engine.cache.get(key)
+        if packed is not None:
+            return packed
+        return await self._fill(key, call, ttl)
 
     async def _lookup(self, key: str) -> bytes | None:
         packed = await self.engine.cache.get(key)

@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
+from modules.cache import MemoryCache
 from modules.context import Context
 from modules.errors import ConfigError, RateLimited
 from modules.observable import Observable
@@ -218,3 +219,31 @@ async def test_keys_too_short_to_be_real_are_not_scrubbed(
     answer = await ask(client, query_body(key="1"))
 
     assert answer["error"].startswith("Lookup: the API key was refused: HTTP 401")
+
+
+class StaleOnce(MemoryCache):
+    """A cache whose next read misses once, as a slow read that began too early."""
+
+    stale = False
+
+    async def get(self, key: str) -> bytes | None:
+        if self.stale:
+            self.stale = False
+            return None
+        return await super().get(key)
+
+
+async def test_a_miss_that_raced_a_finished_call_does_not_call_again(
+    serve: Any, upstream: FakeUpstream
+) -> None:
+    upstream.add("GET /v1/domains/example.com", {"ips": ["192.0.2.1"]})
+    store = StaleOnce()
+    client = await serve(lookup_module(upstream.url), store=store)
+
+    first = await ask(client, query_body())
+    store.stale = True
+    second = await ask(client, query_body())
+
+    values = [a["value"] for a in first["results"]["Object"][0]["Attribute"]]
+    assert [a["value"] for a in second["results"]["Object"][0]["Attribute"]] == values
+    assert len(upstream.calls("/v1/domains/example.com")) == 1
