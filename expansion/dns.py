@@ -7,16 +7,15 @@ import ipaddress
 import logging
 from typing import Any
 
-import dns.asyncresolver
 import dns.exception
 import dns.message
-import dns.nameserver
 import dns.rcode
 import dns.rdatatype
 import dns.resolver
 import dns.reversename
 from pydantic import field_validator
 
+from expansion._dns_client import NameserverClient, Refused, find_rrset
 from modules.context import Context
 from modules.errors import Unavailable, UpstreamTimeout
 from modules.module import ExpansionModule, ModuleConfig, setting
@@ -128,52 +127,77 @@ class DNS(ExpansionModule):
     uses_breaker = False
 
     def __init__(self) -> None:
-        self._resolvers: dict[str | None, dns.asyncresolver.Resolver] = {}
+        self._clients: dict[str | None, list[NameserverClient]] = {}
 
-    def resolver(self, nameserver: str | None) -> dns.asyncresolver.Resolver:
-        """Return a resolver for the nameserver, or the system's."""
-        resolver = self._resolvers.get(nameserver)
-        if resolver is None:
+    def clients(self, nameserver: str | None) -> list[NameserverClient]:
+        """Return clients for the nameserver, or for the system's, in order."""
+        clients = self._clients.get(nameserver)
+        if clients is None:
             if nameserver is None:
-                resolver = dns.asyncresolver.Resolver()
+                system = dns.resolver.Resolver()
+                clients = [
+                    NameserverClient(str(address), system.port)
+                    for address in system.nameservers
+                ]
             else:
-                address, port = parse_nameserver(nameserver)
-                resolver = dns.asyncresolver.Resolver(configure=False)
-                resolver.nameservers = [dns.nameserver.Do53Nameserver(address, port)]
-            self._resolvers[nameserver] = resolver
-        return resolver
+                clients = [NameserverClient(*parse_nameserver(nameserver))]
+            self._clients[nameserver] = clients
+        return clients
+
+    async def ask(
+        self, ctx: Context, nameserver: str | None, name: str, rdtype: str
+    ) -> dns.message.Message:
+        """Return an answer, trying the system's nameservers in turn."""
+        clients = self.clients(nameserver)
+        if not clients:
+            raise Unavailable(self.title, "the system has no nameserver configured")
+        failure: Exception | None = None
+        for client in clients:
+            lifetime = max(0.1, min(QUERY_TIMEOUT, ctx.source.remaining()))
+            where = f"{client.address}:{client.port}"
+            try:
+                response = await client.query(name, rdtype, lifetime)
+            except dns.exception.Timeout:
+                failure = UpstreamTimeout(
+                    self.title,
+                    f"no answer from {where} within {lifetime:.1f} s for "
+                    f"{name} {rdtype}",
+                )
+                continue
+            except (Refused, OSError):
+                failure = Unavailable(
+                    self.title, f"nothing answers DNS at {where} (connection refused)"
+                )
+                continue
+            rcode = response.rcode()
+            if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+                return response
+            failure = Unavailable(
+                self.title,
+                f"the nameserver refused or failed {name} {rdtype} "
+                f"({dns.rcode.to_text(rcode)})",
+            )
+        assert failure is not None
+        raise failure
 
     async def lookup(
         self, ctx: Context, nameserver: str | None, name: str, rdtype: str
     ) -> dict[str, Any]:
         """Return {"records": [...]} or {"nxdomain": True}, through the cache."""
-        resolver = self.resolver(nameserver)
 
         async def call() -> tuple[dict[str, Any], float | None]:
-            lifetime = max(0.1, min(QUERY_TIMEOUT, ctx.source.remaining()))
-            try:
-                answer = await resolver.resolve(
-                    name, rdtype, search=False, lifetime=lifetime
-                )
-            except dns.resolver.NXDOMAIN:
+            response = await self.ask(ctx, nameserver, name, rdtype)
+            if response.rcode() == dns.rcode.NXDOMAIN:
                 return {"nxdomain": True}, self.not_found_ttl
-            except dns.resolver.NoAnswer:
+            rrset = find_rrset(response, name, rdtype)
+            if rrset is None:
                 return {"records": []}, self.not_found_ttl
-            except dns.exception.Timeout:
-                raise UpstreamTimeout(
-                    self.title,
-                    f"no answer from {nameserver or 'the system resolver'} within "
-                    f"{lifetime:.1f} s for {name} {rdtype}",
-                ) from None
-            except dns.resolver.NoNameservers as err:
-                raise Unavailable(self.title, _failure(err, name, rdtype)) from None
             if rdtype == "MX":
-                ordered = sorted(answer, key=lambda r: (r.preference, str(r.exchange)))
+                ordered = sorted(rrset, key=lambda r: (r.preference, str(r.exchange)))
                 records = [_text_of(rdtype, rdata) for rdata in ordered]
             else:
-                records = sorted(_text_of(rdtype, rdata) for rdata in answer)
-            ttl = answer.rrset.ttl if answer.rrset is not None else None
-            return {"records": records}, ttl
+                records = sorted(_text_of(rdtype, rdata) for rdata in rrset)
+            return {"records": records}, rrset.ttl
 
         return await ctx.source.fetch(rdtype, f"{nameserver}|{name}", call)  # type: ignore[no-any-return]
 
@@ -252,16 +276,3 @@ class DNS(ExpansionModule):
             relationship="describes",
         )
         summary.append(f"{ip}: PTR {', '.join(records)}")
-
-
-def _failure(err: dns.resolver.NoNameservers, name: str, rdtype: str) -> str:
-    """Say which answer the nameservers gave instead of records."""
-    codes = []
-    for entry in err.kwargs.get("errors", []):
-        response = entry[-1] if isinstance(entry, tuple) else None
-        if isinstance(response, dns.message.Message):
-            codes.append(dns.rcode.to_text(response.rcode()))
-        elif isinstance(response, str) and response:
-            codes.append(response)
-    reason = ", ".join(sorted(set(codes))) or "no usable answer"
-    return f"the nameserver refused or failed {name} {rdtype} ({reason})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import pytest
@@ -200,6 +201,45 @@ async def test_refused_is_an_error(client: Any, dns_env: DNSServer) -> None:
         "DNS: unavailable: the nameserver refused or failed "
         "10.2.0.192.in-addr.arpa PTR (REFUSED)"
     )
+
+
+async def test_a_nameserver_nobody_runs_is_an_error_at_once(client: Any) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    body = standard("ip-src", "192.0.2.10")
+    body["config"] = {"nameserver": f"127.0.0.1:{port}"}
+
+    answer = await query(client, body)
+
+    assert answer == {
+        "error": f"DNS: unavailable: nothing answers DNS at 127.0.0.1:{port} "
+        "(connection refused)",
+        "results": [],
+    }
+
+
+async def test_a_lost_datagram_is_sent_again(client: Any, dns_env: DNSServer) -> None:
+    dns_env.zone.lose_first = 1
+
+    answer = await query(client, standard("ip-src", "192.0.2.10"))
+
+    [obj] = answer["results"]["Object"]
+    assert relations(obj)["ptr-record"] == ["www.example.com"]
+    assert dns_env.queries == [("10.2.0.192.in-addr.arpa", "PTR")] * 2
+
+
+async def test_a_truncated_answer_is_asked_again_over_tcp(
+    client: Any, dns_env: DNSServer
+) -> None:
+    dns_env.zone.mode = "truncate"
+
+    answer = await query(client, standard("domain", "example.com"))
+
+    [obj] = answer["results"]["Object"]
+    assert relations(obj)["ns-record"] == ["ns1.example.net", "ns2.example.net"]
+    # Each of the seven questions: once over UDP, once over TCP.
+    assert len(dns_env.queries) == 14
 
 
 async def test_timeout_is_an_error(make_client: Any, dns_env: DNSServer) -> None:

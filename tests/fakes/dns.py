@@ -25,19 +25,27 @@ class Zone:
     records: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     ttl: int = 300
     delay: float = 0.0
-    mode: str = "answer"  # answer | refuse | servfail | drop
+    mode: str = "answer"  # answer | refuse | servfail | drop | truncate
+    # Datagrams to ignore before answering, as a lossy network does.
+    lose_first: int = 0
 
     def names(self) -> set[str]:
         return {name for name, _ in self.records}
 
 
-def build_response(zone: Zone, wire: bytes) -> bytes | None:
+def build_response(zone: Zone, wire: bytes, tcp: bool = False) -> bytes | None:
     """Answer one DNS query from the zone, or None to stay silent."""
     query = dns.message.from_wire(wire)
     if zone.mode == "drop":
         return None
+    if not tcp and zone.lose_first > 0:
+        zone.lose_first -= 1
+        return None
     response = dns.message.make_response(query)
     response.flags |= dns.flags.AA
+    if zone.mode == "truncate" and not tcp:
+        response.flags |= dns.flags.TC
+        return response.to_wire()
     if zone.mode == "refuse":
         response.set_rcode(dns.rcode.REFUSED)
         return response.to_wire()
@@ -109,11 +117,11 @@ class DNSServer:
             )
         )
 
-    async def _answer(self, wire: bytes) -> bytes | None:
+    async def _answer(self, wire: bytes, tcp: bool = False) -> bytes | None:
         self._record(wire)
         if self.zone.delay:
             await asyncio.sleep(self.zone.delay)
-        return build_response(self.zone, wire)
+        return build_response(self.zone, wire, tcp)
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -138,7 +146,7 @@ class DNSServer:
         ) -> None:
             try:
                 (length,) = struct.unpack("!H", await reader.readexactly(2))
-                answer = await server._answer(await reader.readexactly(length))
+                answer = await server._answer(await reader.readexactly(length), True)
                 if answer is not None:
                     writer.write(struct.pack("!H", len(answer)) + answer)
                     await writer.drain()
