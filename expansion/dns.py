@@ -7,17 +7,24 @@ import ipaddress
 import logging
 from typing import Any
 
-import dns.exception
-import dns.message
-import dns.rcode
-import dns.rdatatype
 import dns.resolver
 import dns.reversename
 from pydantic import field_validator
 
-from expansion._dns_client import NameserverClient, Refused, find_rrset
+from expansion._dns_client import (
+    NOERROR,
+    NXDOMAIN,
+    RCODES,
+    RDTYPES,
+    Malformed,
+    NameserverClient,
+    Refused,
+    Reply,
+    Timeout,
+    find_records,
+)
 from modules.context import Context
-from modules.errors import Unavailable, UpstreamTimeout
+from modules.errors import BadResponse, Unavailable, UpstreamTimeout
 from modules.module import ExpansionModule, ModuleConfig, setting
 from modules.observable import Observable
 from modules.results import Answer
@@ -72,18 +79,6 @@ class DNSConfig(ModuleConfig):
         return value
 
 
-def _text_of(rdtype: str, rdata: Any) -> str:
-    if rdtype in ("A", "AAAA"):
-        return str(rdata.address)
-    if rdtype == "MX":
-        return rdata.exchange.to_text(omit_final_dot=True)
-    if rdtype == "SOA":
-        return rdata.mname.to_text(omit_final_dot=True)
-    if rdtype == "TXT":
-        return b"".join(rdata.strings).decode("utf-8", "replace")
-    return rdata.target.to_text(omit_final_dot=True)
-
-
 def spf_addresses(txt: str) -> list[str]:
     """Return the ip4/ip6 networks an SPF record authorises."""
     if not txt.lower().startswith("v=spf1"):
@@ -121,7 +116,7 @@ class DNS(ExpansionModule):
     not_found_ttl = 300
     # Seven questions per name, each a datagram: a high cap keeps names
     # flowing while still bounding the sockets open at once.
-    concurrency = 512
+    concurrency = 256
     # A lame delegation or a dead resolver a query names fails that query
     # alone; it says nothing about the next name or nameserver.
     uses_breaker = False
@@ -146,8 +141,8 @@ class DNS(ExpansionModule):
 
     async def ask(
         self, ctx: Context, nameserver: str | None, name: str, rdtype: str
-    ) -> dns.message.Message:
-        """Return an answer, trying the system's nameservers in turn."""
+    ) -> Reply:
+        """Return a reply, trying the system's nameservers in turn."""
         clients = self.clients(nameserver)
         if not clients:
             raise Unavailable(self.title, "the system has no nameserver configured")
@@ -156,8 +151,8 @@ class DNS(ExpansionModule):
             lifetime = max(0.1, min(QUERY_TIMEOUT, ctx.source.remaining()))
             where = f"{client.address}:{client.port}"
             try:
-                response = await client.query(name, rdtype, lifetime)
-            except dns.exception.Timeout:
+                reply = await client.query(name, rdtype, lifetime)
+            except (Timeout, TimeoutError):
                 failure = UpstreamTimeout(
                     self.title,
                     f"no answer from {where} within {lifetime:.1f} s for "
@@ -169,13 +164,17 @@ class DNS(ExpansionModule):
                     self.title, f"nothing answers DNS at {where} (connection refused)"
                 )
                 continue
-            rcode = response.rcode()
-            if rcode in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-                return response
+            except Malformed as err:
+                failure = BadResponse(
+                    self.title, f"{where} sent an unreadable answer ({err})"
+                )
+                continue
+            if reply.rcode in (NOERROR, NXDOMAIN):
+                return reply
             failure = Unavailable(
                 self.title,
                 f"the nameserver refused or failed {name} {rdtype} "
-                f"({dns.rcode.to_text(rcode)})",
+                f"({RCODES.get(reply.rcode, str(reply.rcode))})",
             )
         assert failure is not None
         raise failure
@@ -186,18 +185,17 @@ class DNS(ExpansionModule):
         """Return {"records": [...]} or {"nxdomain": True}, through the cache."""
 
         async def call() -> tuple[dict[str, Any], float | None]:
-            response = await self.ask(ctx, nameserver, name, rdtype)
-            if response.rcode() == dns.rcode.NXDOMAIN:
+            reply = await self.ask(ctx, nameserver, name, rdtype)
+            if reply.rcode == NXDOMAIN:
                 return {"nxdomain": True}, self.not_found_ttl
-            rrset = find_rrset(response, name, rdtype)
-            if rrset is None:
+            found = find_records(reply, name, RDTYPES[rdtype])
+            if not found:
                 return {"records": []}, self.not_found_ttl
             if rdtype == "MX":
-                ordered = sorted(rrset, key=lambda r: (r.preference, str(r.exchange)))
-                records = [_text_of(rdtype, rdata) for rdata in ordered]
+                records = [host for _, host in sorted(r.value for r in found)]
             else:
-                records = sorted(_text_of(rdtype, rdata) for rdata in rrset)
-            return {"records": records}, rrset.ttl
+                records = sorted(str(r.value) for r in found)
+            return {"records": records}, min(r.ttl for r in found)
 
         return await ctx.source.fetch(rdtype, f"{nameserver}|{name}", call)  # type: ignore[no-any-return]
 

@@ -1,0 +1,87 @@
+"""The DNS wire codec, checked against dnspython's own encoder and decoder."""
+
+from __future__ import annotations
+
+import dns.flags
+import dns.message
+import dns.rdataclass
+import dns.rrset
+import pytest
+
+from expansion._dns_client import (
+    RDTYPES,
+    Malformed,
+    decode_reply,
+    encode_query,
+    find_records,
+)
+
+
+def test_query_is_what_dnspython_reads() -> None:
+    wire = encode_query(4660, "xn--bcher-kva.example", RDTYPES["MX"])
+
+    parsed = dns.message.from_wire(wire)
+
+    assert parsed.id == 4660
+    assert parsed.question[0].to_text() == "xn--bcher-kva.example. IN MX"
+    assert parsed.flags & dns.flags.RD
+
+
+def reply_with(*rrsets: tuple[str, str, list[str]]) -> bytes:
+    query = dns.message.make_query("alias.example.com", "A")
+    response = dns.message.make_response(query)
+    for name, rdtype, values in rrsets:
+        response.answer.append(
+            dns.rrset.from_text_list(name, 300, dns.rdataclass.IN, rdtype, values)
+        )
+    return response.to_wire()
+
+
+def test_reply_records_of_every_type_the_module_reads() -> None:
+    wire = reply_with(
+        ("alias.example.com.", "CNAME", ["www.example.com."]),
+        ("www.example.com.", "A", ["192.0.2.10", "192.0.2.11"]),
+        ("www.example.com.", "AAAA", ["2001:db8::10"]),
+        ("example.com.", "MX", ["20 mx2.example.com.", "10 mx1.example.com."]),
+        ("example.com.", "TXT", ['"v=spf1 " "ip4:192.0.2.0/24 -all"']),
+        ("example.com.", "SOA", ["ns1.example.net. h.example.com. 1 2 3 4 5"]),
+        ("10.2.0.192.in-addr.arpa.", "PTR", ["www.example.com."]),
+    )
+
+    reply = decode_reply(wire)
+    values = {(r.name, r.rdtype): [] for r in reply.answers}
+    for record in reply.answers:
+        values[(record.name, record.rdtype)].append(record.value)
+
+    assert reply.question == ("alias.example.com", RDTYPES["A"])
+    assert reply.rcode == 0
+    assert values == {
+        ("alias.example.com", 5): ["www.example.com"],
+        ("www.example.com", 1): ["192.0.2.10", "192.0.2.11"],
+        ("www.example.com", 28): ["2001:db8::10"],
+        ("example.com", 15): [(20, "mx2.example.com"), (10, "mx1.example.com")],
+        ("example.com", 16): ["v=spf1 ip4:192.0.2.0/24 -all"],
+        ("example.com", 6): ["ns1.example.net"],
+        ("10.2.0.192.in-addr.arpa", 12): ["www.example.com"],
+    }
+    assert [r.value for r in find_records(reply, "ALIAS.example.com", 1)] == [
+        "192.0.2.10",
+        "192.0.2.11",
+    ]
+    assert find_records(reply, "alias.example.com", 28)[0].value == "2001:db8::10"
+    assert find_records(reply, "other.example.com", 1) == []
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"\x12\x34\x81\x80\x00\x01",
+        # One question whose name points at itself, forever.
+        b"\x12\x34\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01",
+        reply_with(("www.example.com.", "A", ["192.0.2.10"]))[:-3],
+    ],
+    ids=["short-header", "pointer-loop", "cut-record"],
+)
+def test_malformed_replies_raise(wire: bytes) -> None:
+    with pytest.raises(Malformed):
+        decode_reply(wire)
