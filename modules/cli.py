@@ -58,6 +58,9 @@ def cmd_serve(args: argparse.Namespace, settings: ServerSettings) -> int:
     log.info("modules loaded: %s", ", ".join(registry.modules) or "none")
     warn_about_deadlines(settings)
     try:
+        # The HTTP loop waits for the GIL while the query thread builds
+        # answers; a shorter switch interval bounds that wait for /modules.
+        sys.setswitchinterval(0.001)
         enricher = WorkerEnricher(Enricher(registry, settings))
         asyncio.run(serve(create_app(registry, settings, enricher), settings))
     except OSError as err:
