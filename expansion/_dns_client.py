@@ -251,6 +251,11 @@ class NameserverClient:
         finally:
             writer.close()
 
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
     def _answered(self, data: bytes) -> None:
         if len(data) < 12:
             return

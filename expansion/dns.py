@@ -139,6 +139,12 @@ class DNS(ExpansionModule):
             self._clients[nameserver] = clients
         return clients
 
+    async def close(self) -> None:
+        for clients in self._clients.values():
+            for client in clients:
+                client.close()
+        self._clients.clear()
+
     async def ask(
         self, ctx: Context, nameserver: str | None, name: str, rdtype: str
     ) -> Reply:

@@ -66,6 +66,9 @@ class ExpansionModule:
         """Enrich one observable and return the answer."""
         raise NotImplementedError
 
+    async def close(self) -> None:
+        """Release what the module holds open (sockets), at shutdown."""
+
     @classmethod
     def env_prefix(cls) -> str:
         return "MISP_ENRICH_" + re.sub(r"[^A-Z0-9]", "_", cls.name.upper()) + "_"

@@ -113,6 +113,8 @@ class Enricher:
         return dumps(await self.run(query))
 
     async def close(self) -> None:
+        for instance in self._instances.values():
+            await instance.close()
         if self._session is not None:
             await self._session.close()
         await self.engine.close()
