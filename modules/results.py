@@ -7,11 +7,13 @@ import logging
 from datetime import date, datetime
 from typing import Any
 
+import dateutil.parser
 import orjson
-from pymisp import AbstractMISP, MISPObject
+from pymisp import AbstractMISP
 from pymisp.exceptions import PyMISPError
 
 from modules.errors import InvalidValue
+from modules.objects import ProposedObject
 from modules.observable import HASH_LENGTHS, normalise_hash, normalise_host
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ class Answer:
 
     def __init__(self, reference_uuid: str | None) -> None:
         self.reference_uuid = reference_uuid
-        self.objects: list[MISPObject] = []
+        self.objects: list[ProposedObject] = []
         self.attributes: list[dict[str, Any]] = []
         self.tags: list[str] = []
         self.notes: list[str] = []
@@ -49,15 +51,13 @@ class Answer:
         *,
         relationship: str | None = "related-to",
         comment: str = "",
-    ) -> MISPObject:
+    ) -> ProposedObject:
         """Add an object from its template, referencing the enriched attribute.
 
         `values` maps each object relation to a value or a list of values;
         empty values are left out.
         """
-        obj = MISPObject(template, standalone=False, strict=True)
-        if comment:
-            obj.comment = comment
+        obj = ProposedObject(template, comment)
         for relation, value in (values or {}).items():
             self.add_values(obj, relation, value)
         if relationship and self.reference_uuid:
@@ -65,18 +65,13 @@ class Answer:
         self.objects.append(obj)
         return obj
 
-    def add_values(
-        self, obj: MISPObject, relation: str, value: Any, **kwargs: Any
-    ) -> None:
+    def add_values(self, obj: ProposedObject, relation: str, value: Any) -> None:
         """Add one or several values under a relation, skipping empty ones.
 
         A value MISP would refuse for the relation's type (a source sent
         something odd) is left out, and the answer says so.
         """
-        attributes = (obj._definition or {}).get("attributes", {})
-        if relation not in attributes:
-            raise ValueError(f"the {obj.name} template has no relation {relation}")
-        kind = attributes[relation]["misp-attribute"]
+        kind = obj.relation_type(relation)
         for item in value if isinstance(value, list | tuple) else [value]:
             if item is None or item == "" or item == []:
                 continue
@@ -85,7 +80,7 @@ class Answer:
                 log.debug("left out a %s value for %s.%s", kind, obj.name, relation)
                 self.skipped += 1
                 continue
-            obj.add_attribute(relation, value=checked, to_ids=False, **kwargs)
+            obj.add_attribute(relation, checked)
 
     def add_attribute(
         self, attribute_type: str, value: str, category: str, comment: str = ""
@@ -165,7 +160,7 @@ class Answer:
         valid = []
         for obj in self.objects:
             try:
-                plain = object_dict(obj)
+                plain = obj.to_dict()
             except PyMISPError as err:
                 log.warning("left out a %s object MISP would refuse: %s", obj.name, err)
                 self.skipped += 1
@@ -191,11 +186,13 @@ def checked_value(kind: str, value: Any) -> Any:
     """Return the value as MISP stores it for the type, or None if it is invalid."""
     if isinstance(value, bool) or not isinstance(value, str | int | float | date):
         return None
-    if isinstance(value, date):
-        return value if isinstance(value, datetime) else str(value)
+    if isinstance(value, datetime):
+        return value
     # MISP stores every value as a string; its event schema says so.
     text = str(value)
     try:
+        if kind == "datetime":
+            return _datetime(text)
         if kind in NUMERIC_TYPES:
             float(text)
         elif kind in HASH_LENGTHS:
@@ -213,51 +210,12 @@ def checked_value(kind: str, value: Any) -> Any:
     return text
 
 
-def object_dict(obj: MISPObject) -> dict[str, Any]:
-    """Return an object as PyMISP's to_dict() does, in a fraction of its time.
-
-    to_dict() walks every field through PyMISP's change tracking; an answer
-    only needs the fields MISP reads, which PyMISP has already set and checked.
-    """
-    if obj._strict and obj._known_template:
-        obj._validate()
-    plain: dict[str, Any] = {
-        "name": obj.name,
-        "meta-category": obj["meta-category"],
-        "template_uuid": obj.template_uuid,
-        "description": obj.description,
-        "template_version": str(obj.template_version),
-        "uuid": obj.uuid,
-    }
-    if obj.ObjectReference:
-        plain["ObjectReference"] = [
-            {
-                "uuid": reference.uuid,
-                "object_uuid": reference.object_uuid,
-                "referenced_uuid": reference.referenced_uuid,
-                "relationship_type": reference.relationship_type,
-            }
-            for reference in obj.ObjectReference
-        ]
-    if obj.Attribute:
-        plain["Attribute"] = [_attribute_dict(a) for a in obj.Attribute]
-    plain["distribution"] = str(obj.distribution)
-    plain["sharing_group_id"] = str(obj.sharing_group_id)
-    if getattr(obj, "comment", None):
-        plain["comment"] = obj.comment
-    return plain
-
-
-def _attribute_dict(attribute: Any) -> dict[str, Any]:
-    plain = {
-        "uuid": attribute.uuid,
-        "object_relation": attribute.object_relation,
-        "value": attribute.value,
-        "type": attribute.type,
-        "category": attribute.category,
-        "disable_correlation": attribute.disable_correlation,
-        "to_ids": attribute.to_ids,
-    }
-    if getattr(attribute, "comment", None):
-        plain["comment"] = attribute.comment
-    return plain
+def _datetime(text: str) -> datetime:
+    """Read a date and time as PyMISP does for datetime attributes."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            return dateutil.parser.parse(text)
+        except (ValueError, OverflowError) as err:
+            raise ValueError(text) from err

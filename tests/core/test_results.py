@@ -8,7 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
-from modules.results import Answer, checked_value, dumps, object_dict
+from pymisp import MISPObject
+
+from modules.results import Answer, checked_value, dumps
 
 INPUT = "7a3d2980-d0de-4ef4-8fbf-6e27e5e6aee4"
 
@@ -134,16 +136,64 @@ OBJECTS = [
 ]
 
 
+def _without_uuids(plain: dict[str, Any]) -> dict[str, Any]:
+    plain = {key: value for key, value in plain.items() if key != "uuid"}
+    for key in ("Attribute", "ObjectReference"):
+        if key in plain:
+            plain[key] = [
+                {k: v for k, v in item.items() if k not in ("uuid", "object_uuid")}
+                for item in plain[key]
+            ]
+    return plain
+
+
 @pytest.mark.parametrize(("template", "values"), OBJECTS, ids=[o[0] for o in OBJECTS])
-def test_object_dict_matches_pymisp(template: str, values: dict[str, Any]) -> None:
+def test_objects_are_what_pymisp_builds(template: str, values: dict[str, Any]) -> None:
     answer = Answer(INPUT)
     obj = answer.add_object(template, values, comment="from a test")
     other = answer.add_object("url", {"url": "https://example.com/"}, relationship=None)
     obj.add_reference(other.uuid, "related-to")
     obj.attributes[0].comment = "first"
 
-    ours = orjson.loads(dumps(object_dict(obj)))
-    theirs = orjson.loads(dumps(obj.to_dict()))
+    theirs = MISPObject(template, standalone=False, strict=True)
+    theirs.comment = "from a test"
+    for attribute in obj.attributes:
+        theirs.add_attribute(
+            attribute.object_relation, value=attribute.value, to_ids=False
+        )
+    theirs.attributes[0].comment = "first"
+    theirs.add_reference(INPUT, "related-to")
+    theirs.add_reference(other.uuid, "related-to")
+    ours = orjson.loads(dumps(obj.to_dict()))
+    expected = orjson.loads(dumps(theirs.to_dict()))
 
-    assert ours == theirs
-    assert list(ours) == list(theirs)
+    assert _without_uuids(ours) == _without_uuids(expected)
+    assert list(ours) == list(expected)
+    assert ours["ObjectReference"][0]["object_uuid"] == ours["uuid"]
+    assert len({a["uuid"] for a in ours["Attribute"]}) == len(ours["Attribute"])
+
+
+def test_an_object_breaking_its_template_is_left_out() -> None:
+    answer = Answer(INPUT)
+    obj = answer.add_object("asn", {"asn": "64500"})
+    obj.add_attribute("asn", "64501")
+
+    assert "Object" not in answer.to_standard()["results"]
+    assert "not valid for MISP" in answer.to_standard()["comment"]
+
+
+def test_datetime_values_are_read_as_pymisp_reads_them() -> None:
+    answer = Answer(INPUT)
+    answer.add_object(
+        "virustotal-report",
+        {
+            "permalink": "https://www.virustotal.com/gui/domain/example.com",
+            "first-submission": "2024-06-01",
+            "last-submission": "not a date",
+        },
+    )
+
+    [obj] = answer.to_standard()["results"]["Object"]
+    assert [(a["object_relation"], a["value"]) for a in obj["Attribute"]][1:] == [
+        ("first-submission", datetime(2024, 6, 1))
+    ]
