@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from pydantic import SecretStr
-from pymisp import MISPObject
 
 from modules.context import Context
 from modules.errors import (
@@ -25,6 +24,7 @@ from modules.errors import (
     RateLimited,
 )
 from modules.module import ExpansionModule, ModuleConfig, secret, setting
+from modules.objects import ProposedObject
 from modules.observable import Observable
 from modules.results import Answer
 from modules.upstream import Source
@@ -213,8 +213,8 @@ class Entity:
 
     target: Target
     data: dict[str, Any]
-    obj: MISPObject
-    related: dict[tuple[str, str], MISPObject] = field(default_factory=dict)
+    obj: ProposedObject
+    related: dict[tuple[str, str], ProposedObject] = field(default_factory=dict)
 
     @property
     def ident(self) -> str:
@@ -332,7 +332,9 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def add_report(answer: Answer, entity: MISPObject, target: Target, data: dict) -> None:
+def add_report(
+    answer: Answer, entity: ProposedObject, target: Target, data: dict
+) -> None:
     """Add the virustotal-report object that the entity was analysed with."""
     attributes = data["attributes"]
     label = (attributes.get("popular_threat_classification") or {}).get(
@@ -356,7 +358,9 @@ def add_report(answer: Answer, entity: MISPObject, target: Target, data: dict) -
     entity.add_reference(report.uuid, "analysed-with")
 
 
-def add_dns_records(answer: Answer, entity: MISPObject, host: str, data: dict) -> None:
+def add_dns_records(
+    answer: Answer, entity: ProposedObject, host: str, data: dict
+) -> None:
     """Add a dns-record object from the domain's last DNS records."""
     values: dict[str, list[str]] = {}
     for record in data["attributes"].get("last_dns_records") or []:
@@ -375,7 +379,7 @@ def add_dns_records(answer: Answer, entity: MISPObject, host: str, data: dict) -
 
 
 def add_whois(
-    answer: Answer, entity: MISPObject, target: Target, attributes: dict
+    answer: Answer, entity: ProposedObject, target: Target, attributes: dict
 ) -> None:
     """Add a whois object from the whois text and registration dates."""
     text = attributes.get("whois")
@@ -398,7 +402,7 @@ def add_whois(
     whois.add_reference(entity.uuid, "describes")
 
 
-def add_asn(answer: Answer, entity: MISPObject, attributes: dict) -> None:
+def add_asn(answer: Answer, entity: ProposedObject, attributes: dict) -> None:
     """Add the asn object of the autonomous system that announces the IP."""
     asn = attributes.get("asn")
     if not isinstance(asn, int):
@@ -447,7 +451,7 @@ def add_entity(
     return Entity(target, data, obj)
 
 
-def add_final_url(answer: Answer, entity: MISPObject, attributes: dict) -> None:
+def add_final_url(answer: Answer, entity: ProposedObject, attributes: dict) -> None:
     """Add the URL the submitted one redirected to, when they differ."""
     final = attributes.get("last_final_url")
     if not isinstance(final, str) or not final or final == attributes.get("url"):
@@ -456,7 +460,7 @@ def add_final_url(answer: Answer, entity: MISPObject, attributes: dict) -> None:
     entity.add_reference(obj.uuid, "redirects-to")
 
 
-def related_object(answer: Answer, item: dict[str, Any]) -> MISPObject | None:
+def related_object(answer: Answer, item: dict[str, Any]) -> ProposedObject | None:
     """Add the object for one related VirusTotal item, with its verdict."""
     kind, ident, attributes = item.get("type"), item.get("id"), item["attributes"]
     comment = f"VirusTotal: {verdict(attributes)}"

@@ -63,6 +63,7 @@ def relation(template_name: str, name: str) -> Relation:
         raise ValueError(f"the {template_name} template has no relation {name}")
     # A placeholder value: only the typing PyMISP derives is kept.
     attribute = reference.add_attribute(name, value="1", to_ids=False)
+    assert attribute is not None
     return Relation(
         type=attribute.type,
         category=attribute.category,
