@@ -39,7 +39,6 @@ def load_registry(settings: ServerSettings) -> Registry:
 def cmd_serve(args: argparse.Namespace, settings: ServerSettings) -> int:
     from modules.app import create_app
     from modules.runner import Enricher
-    from modules.worker import WorkerEnricher
 
     updates: dict[str, Any] = {}
     if args.host:
@@ -58,10 +57,7 @@ def cmd_serve(args: argparse.Namespace, settings: ServerSettings) -> int:
     log.info("modules loaded: %s", ", ".join(registry.modules) or "none")
     warn_about_deadlines(settings)
     try:
-        # The HTTP loop waits for the GIL while the query thread builds
-        # answers; a shorter switch interval bounds that wait for /modules.
-        sys.setswitchinterval(0.001)
-        enricher = WorkerEnricher(Enricher(registry, settings))
+        enricher = Enricher(registry, settings)
         asyncio.run(serve(create_app(registry, settings, enricher), settings))
     except OSError as err:
         log.error(
