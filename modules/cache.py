@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
-from modules.health import Health
+from modules.health import Health, describe_error
 from modules.redis_state import RedisLink, RedisUnavailable
 
 log = logging.getLogger(__name__)
@@ -165,6 +165,9 @@ class SQLiteCache:
         self.path = Path(path)
         self.health = Health(f"cache file {self.path}", retry_after, on_change)
         self._db: aiosqlite.Connection | None = None
+        # Counts dropped connections: an operation that started on an older
+        # connection has nothing to say about the current one.
+        self._generation = 0
         self._lock = asyncio.Lock()
         self._writes = 0
 
@@ -258,30 +261,46 @@ class SQLiteCache:
     async def _strict(self, op: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         if not self.health.usable():
             raise CacheUnavailable(self.health.reason)
+        db, generation = await self._connection()
         try:
-            result = await op(await self._connection())
+            result = await op(db)
         except (sqlite3.Error, OSError, ValueError) as err:
+            await self._failed(generation, err)
+            raise CacheUnavailable(describe_error(err)) from err
+        if generation == self._generation:
+            self.health.worked()
+        return result
+
+    async def _failed(self, generation: int, err: BaseException) -> None:
+        """Drop the connection an operation failed on, unless it is gone already.
+
+        Operations in flight on a dropped connection fail too; only the first
+        failure of a connection drops it, so the file is moved aside once.
+        """
+        async with self._lock:
+            if generation != self._generation:
+                return
             # Drop the connection: the next try reopens. Pages damaged after
             # opening only show on use: move the file aside now, or every
             # retry would meet the same damage.
             await self._drop()
             if getattr(err, "sqlite_errorcode", None) in CORRUPT:
-                aside = self._quarantine()
-                log.warning(
-                    "cache file %s is corrupt; moved it to %s, an empty one follows",
-                    self.path,
-                    aside,
-                )
+                self._quarantine("an empty one follows")
             self.health.failed(err)
-            raise CacheUnavailable(self.health.reason) from err
-        self.health.worked()
-        return result
 
-    async def _connection(self) -> aiosqlite.Connection:
+    async def _connection(self) -> tuple[aiosqlite.Connection, int]:
+        """Return the open connection and its generation, opening it if needed."""
         async with self._lock:
             if self._db is None:
-                self._db = await self._open()
-            return self._db
+                # Another operation may have failed to open it while we waited.
+                if not self.health.usable():
+                    raise CacheUnavailable(self.health.reason)
+                try:
+                    self._db = await self._open()
+                except (sqlite3.Error, OSError, ValueError) as err:
+                    self.health.failed(err)
+                    raise CacheUnavailable(self.health.reason) from err
+            return self._db, self._generation
 
     async def _open(self) -> aiosqlite.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -290,12 +309,7 @@ class SQLiteCache:
         except sqlite3.DatabaseError as err:
             if getattr(err, "sqlite_errorcode", None) not in CORRUPT:
                 raise
-        aside = self._quarantine()
-        log.warning(
-            "cache file %s is corrupt; moved it to %s and started an empty one",
-            self.path,
-            aside,
-        )
+        self._quarantine("started an empty one")
         return await self._connect()
 
     async def _connect(self) -> aiosqlite.Connection:
@@ -310,19 +324,32 @@ class SQLiteCache:
             raise
         return db
 
-    def _quarantine(self) -> Path:
+    def _quarantine(self, then: str) -> None:
         """Move a corrupt cache file (and its journal) aside, keeping one copy."""
         aside = self.path.with_name(self.path.name + ".corrupt")
-        self.path.replace(aside)
+        try:
+            self.path.replace(aside)
+        except OSError as err:
+            # The next open meets the damage again and the cache stays down;
+            # queries go on without it.
+            log.warning(
+                "cache file %s is corrupt and cannot be moved aside (%s)",
+                self.path,
+                describe_error(err),
+            )
+            return
         for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 self.path.with_name(self.path.name + suffix).unlink()
-        return aside
+        log.warning(
+            "cache file %s is corrupt; moved it to %s, %s", self.path, aside, then
+        )
 
     async def _drop(self) -> None:
         db, self._db = self._db, None
+        self._generation += 1
         if db is not None:
-            with contextlib.suppress(sqlite3.Error, ValueError):
+            with contextlib.suppress(sqlite3.Error, OSError, ValueError):
                 await db.close()
 
 

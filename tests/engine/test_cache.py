@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiosqlite
 import pytest
 
 from expansion.dns import DNS
@@ -312,3 +314,100 @@ async def test_pages_damaged_after_opening_move_the_file_aside(
     assert path.with_name("cache.sqlite3.corrupt").exists()
     corrupt = [r for r in caplog.records if "is corrupt" in r.getMessage()]
     assert len(corrupt) == 1
+
+
+async def test_concurrent_reads_of_a_damaged_file_miss_and_recover(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "cache.sqlite3"
+    cache = SQLiteCache(path, retry_after=0)
+    for n in range(2000):
+        await cache.set(f"dns:A:-:{n:04d}", b"x" * 200, 600)
+    await cache.close()
+    size = path.stat().st_size
+    with path.open("r+b") as handle:
+        handle.seek(4096)
+        handle.write(b"\xa5" * (size - 4096))
+
+    reopened = SQLiteCache(path, retry_after=0)
+    await reopened.open()
+    with caplog.at_level(logging.INFO):
+        misses = await asyncio.gather(
+            *(reopened.get(f"dns:A:-:{n:04d}") for n in range(1940, 2000))
+        )
+        await reopened.set("dns:A:-:fresh", b"{}", 600)
+        fresh = await reopened.get("dns:A:-:fresh")
+    await reopened.close()
+
+    assert misses == [None] * 60
+    assert fresh == b"{}"
+    # The copy set aside is the damaged file, not the empty one that followed.
+    assert path.with_name("cache.sqlite3.corrupt").stat().st_size == size
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "is corrupt" in m]) == 1
+    assert len([m for m in messages if "is unavailable" in m]) == 1
+    assert len([m for m in messages if "is back" in m]) == 1
+
+
+def corrupt_error() -> sqlite3.DatabaseError:
+    err = sqlite3.DatabaseError("database disk image is malformed")
+    err.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+    return err
+
+
+async def test_late_reports_from_a_dropped_connection_are_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "cache.sqlite3"
+    cache = SQLiteCache(path, retry_after=0)
+    await cache.set("dns:A:-:old", b"{}", 600)
+    gate = asyncio.Event()
+
+    async def late(db: aiosqlite.Connection) -> bytes:
+        await gate.wait()
+        raise corrupt_error()
+
+    async def broken(db: aiosqlite.Connection) -> bytes:
+        raise corrupt_error()
+
+    with caplog.at_level(logging.INFO):
+        # Started on the first connection, failing after a fresh file replaced it.
+        in_flight = asyncio.create_task(cache._guarded(late, b"missed"))
+        await asyncio.sleep(0.05)
+        assert await cache._guarded(broken, b"missed") == b"missed"
+        await cache.set("dns:A:-:new", b"{}", 600)
+        gate.set()
+        assert await in_flight == b"missed"
+        kept = await cache.get("dns:A:-:new")
+    await cache.close()
+
+    assert kept == b"{}"
+    messages = [r.getMessage() for r in caplog.records]
+    assert len([m for m in messages if "is corrupt" in m]) == 1
+    assert len([m for m in messages if "is unavailable" in m]) == 1
+
+
+async def test_an_answer_from_a_dropped_connection_keeps_the_outage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = SQLiteCache(tmp_path / "cache.sqlite3", retry_after=60)
+    await cache.open()
+    gate = asyncio.Event()
+
+    async def slow(db: aiosqlite.Connection) -> bytes:
+        await gate.wait()
+        return b"late"
+
+    async def failing(db: aiosqlite.Connection) -> bytes:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with caplog.at_level(logging.INFO):
+        in_flight = asyncio.create_task(cache._guarded(slow, b"missed"))
+        await asyncio.sleep(0.05)
+        assert await cache._guarded(failing, b"missed") == b"missed"
+        gate.set()
+        assert await in_flight == b"late"
+    await cache.close()
+
+    assert not cache.health.up
+    assert not [r for r in caplog.records if "is back" in r.getMessage()]
