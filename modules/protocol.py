@@ -103,11 +103,20 @@ class Query:
     data: str | None = None
     object_name: str | None = None
     object_attributes: list[AttributeIn] = field(default_factory=list)
+    # Every "<type>": value pair of a simplified body, in the body's order.
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    # Workflow steps send the MISP user and wait only the hover timeout.
+    workflow: bool = False
 
     @property
     def hover(self) -> bool:
         """Tell whether MISP asks for a hover: its hover bodies carry no event."""
         return self.event_id is None
+
+    @property
+    def short_deadline(self) -> bool:
+        """Tell whether MISP waits only its hover timeout for this answer."""
+        return self.hover or self.workflow
 
 
 def _config(raw: dict[str, Any] | None) -> dict[str, str | None]:
@@ -149,6 +158,7 @@ def parse_query(body: Any) -> Query:
         standard=False,
         reference_uuid=parsed.attribute_uuid,
         data=parsed.data,
+        workflow="user" in body,
     )
     if parsed.attribute is not None:
         attribute = parsed.attribute
@@ -174,8 +184,9 @@ def parse_query(body: Any) -> Query:
             continue
         if not isinstance(value, str):
             raise BadRequest(f"the value of '{key}' must be a string")
-        query.attribute_type = key
-        query.value = value
+        query.pairs.append((key, value))
+    if query.pairs:
+        query.attribute_type, query.value = query.pairs[0]
         return query
     raise BadRequest(
         "the body carries no attribute: expected 'attribute', 'object' or a "

@@ -55,6 +55,10 @@ def pick_observable(
         accepted.sort(key=lambda attribute: module.input_types.index(attribute.type))
         return accepted[0].type, accepted[0].value, query.reference_uuid
     assert query.attribute_type is not None and query.value is not None
+    for attribute_type, value in query.pairs:
+        # A simplified body may carry other MISP type names (a comment, say).
+        if attribute_type in module.input_types:
+            return attribute_type, value, query.reference_uuid
     if query.attribute_type not in module.input_types:
         handled = ", ".join(module.input_types)
         raise UnsupportedType(
@@ -120,7 +124,9 @@ class Enricher:
         await self.engine.close()
 
     def deadline_for(self, query: Query) -> float:
-        return self.settings.hover_deadline if query.hover else self.settings.deadline
+        if query.short_deadline:
+            return self.settings.hover_deadline
+        return self.settings.deadline
 
     async def run(self, query: Query) -> dict[str, Any]:
         """Answer a query; every failure becomes a typed EnrichError."""
@@ -155,7 +161,7 @@ class Enricher:
                 return answer.to_standard(hover=query.hover)
             return answer.to_simplified()
         except TimeoutError:
-            setting = "HOVER_DEADLINE" if query.hover else "DEADLINE"
+            setting = "HOVER_DEADLINE" if query.short_deadline else "DEADLINE"
             raise DeadlineExceeded(
                 module.title,
                 f"no answer within the {seconds:g} s deadline; the query was "

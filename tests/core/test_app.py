@@ -198,6 +198,41 @@ async def test_hover_gets_the_shorter_deadline(sample_client: Any) -> None:
     assert "raise MISP_ENRICH_HOVER_DEADLINE" in answer["error"]
 
 
+async def test_workflow_gets_the_shorter_deadline(sample_client: Any) -> None:
+    # attach-enrichment waits only MISP's hover timeout, event_id or not.
+    client = await sample_client(deadline=30, hover_deadline=0.2)
+    body = {
+        "module": "slow",
+        "event_id": "1",
+        "user": {"id": "1", "email": "analyst@example.com"},
+        "config": {"_": "_"},
+        "attribute": {"type": "domain", "value": "example.com"},
+    }
+
+    answer = await (await client.post("/query", json=body)).json()
+
+    assert "within the 0.2 s deadline" in answer["error"]
+    assert "raise MISP_ENRICH_HOVER_DEADLINE" in answer["error"]
+
+
+async def test_simplified_body_picks_the_type_the_module_handles(
+    sample_client: Any,
+) -> None:
+    client = await sample_client(deadline=30)
+    # "comment" is a MISP type too; the slow module handles only domains.
+    body = {
+        "module": "slow",
+        "event_id": "1",
+        "comment": "seen in a phishing mail",
+        "domain": "example.com",
+        "config": {"seconds": "0"},
+    }
+
+    answer = await (await client.post("/query", json=body)).json()
+
+    assert answer == {"results": []}
+
+
 async def test_module_bug_is_named_not_something_went_wrong(
     sample_client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
