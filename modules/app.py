@@ -36,6 +36,14 @@ OUTCOME = web.RequestKey("outcome", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def loggable(name: str | None, limit: int = 40) -> str:
+    """Return a module name as sent, safe for one log line: printable, short."""
+    if name is None:
+        return "-"
+    text = name.encode("unicode_escape").decode("ascii")
+    return text[:limit] + "..." if len(text) > limit else text
+
+
 def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(
         body=dumps(body), status=status, content_type="application/json"
@@ -61,7 +69,7 @@ async def access_and_errors(
         request[REQUEST_ID],
         request.method,
         request.path,
-        request.get(MODULE, "-"),
+        loggable(request.get(MODULE)),
         response.status,
         (time.perf_counter() - started) * 1000,
         extra={"outcome": request.get(OUTCOME, "-")},
@@ -139,14 +147,22 @@ async def post_query(request: web.Request) -> web.Response:
         )
     except EnrichError as err:
         request[OUTCOME] = err.outcome
+        # The message may quote the indicator: analysts' data stays out of
+        # the log unless debugging asks for it.
         log.info(
-            "query %s for %s failed: %s", request[REQUEST_ID], request.get(MODULE), err
+            "query %s for %s failed: %s",
+            request[REQUEST_ID],
+            loggable(request.get(MODULE)),
+            err.outcome,
         )
+        log.debug("query %s failed: %s", request[REQUEST_ID], err)
         return json_response(error_body(err))
     except Exception as err:
         request[OUTCOME] = "internal_error"
         log.exception(
-            "query %s for %s crashed", request[REQUEST_ID], request.get(MODULE)
+            "query %s for %s crashed",
+            request[REQUEST_ID],
+            loggable(request.get(MODULE)),
         )
         return json_response(error_body(err))
     request[OUTCOME] = "ok"

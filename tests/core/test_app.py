@@ -317,6 +317,28 @@ async def test_access_log_has_no_body_config_or_user(
     assert "https://www.example.com/login" not in caplog.text
 
 
+async def test_log_lines_cannot_be_forged_and_keep_indicators_out(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    forged = {"module": "dns\nfake 200 line", "event_id": "1", "domain": "a.example"}
+    invalid = {
+        "module": "dns",
+        "event_id": "1",
+        "attribute": {"type": "ip-src", "value": "999.1.2.3-analyst-data"},
+    }
+
+    await client.post("/query", json=forged)
+    answer = await (await client.post("/query", json=invalid)).json()
+
+    assert "999.1.2.3-analyst-data" in answer["error"]
+    info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert not any("\n" in line for line in info)
+    assert any("POST /query dns\\nfake 200 line 200" in line for line in info)
+    assert any(line.endswith("for dns failed: bad_request") for line in info)
+    assert "999.1.2.3-analyst-data" not in "".join(info)
+
+
 async def test_control_characters_in_a_setting_are_refused_unechoed(
     sample_client: Any,
 ) -> None:
