@@ -7,7 +7,6 @@ from typing import Any
 
 import orjson
 import pytest
-
 from pymisp import MISPObject
 
 from modules.results import Answer, checked_value, dumps
