@@ -90,7 +90,9 @@ class Engine:
         # lands in a cache both of them read.
         self.fleet = self.link if isinstance(self.cache, RedisCache) else None
         self.coalescer = Coalescer(self._joined)
-        self.limiter = Limiter(self.link, self.metrics, settings.rate_limit_margin)
+        self.limiter = Limiter(
+            self.link, self.metrics, settings.rate_limit_margin, settings.fleet_size
+        )
         self.breakers = Breakers(
             settings.breaker_threshold,
             settings.breaker_cooldown,

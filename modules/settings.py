@@ -52,6 +52,11 @@ class ServerSettings(BaseSettings):
     backend_retry: float = Field(
         5.0, ge=0, description="seconds before a failed cache or Redis is tried again"
     )
+    fleet_size: int = Field(
+        1,
+        ge=1,
+        description="replicas sharing one Redis, to split rate limits without it",
+    )
     retries: int = Field(2, ge=0, le=10, description="retries of a transient failure")
     retry_backoff: float = Field(0.25, ge=0, description="first retry delay, seconds")
     breaker_threshold: int = Field(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from typing import Any
 
@@ -137,3 +138,34 @@ async def test_a_malformed_limit_is_a_clear_error(
         "lookup: '4/fortnight' is not a rate limit such as 4/minute"
     )
     assert upstream.calls() == []
+
+
+@pytest.mark.parametrize(("fleet_size", "share"), [(1, 4), (2, 2), (10, 1)])
+async def test_without_redis_each_process_takes_its_share_of_the_limit(
+    serve: Any,
+    upstream: FakeUpstream,
+    caplog: pytest.LogCaptureFixture,
+    fleet_size: int,
+    share: int,
+) -> None:
+    route_all(upstream)
+    with caplog.at_level(logging.INFO):
+        # Nothing listens on port 1: Redis is unreachable from the start.
+        client = await serve(
+            lookup_module(upstream.url, rate_limits=("4/minute",)),
+            redis_url="redis://127.0.0.1:1/0",
+            fleet_size=fleet_size,
+            backend_retry=0,
+        )
+        answers = [await ask(client, query_body(d)) for d in DOMAINS[: share + 1]]
+
+    assert all("Object" in answer["results"] for answer in answers[:share])
+    here = f"{share} of them" if fleet_size > 1 else "counted"
+    assert re.match(
+        rf"^Lookup: rate limited: next slot in \d+ s \(4/minute, {here} in this "
+        r"process while Redis is unreachable\)$",
+        answers[share]["error"],
+    ), answers[share]["error"]
+    assert len(upstream.calls()) == share
+    fallbacks = [r for r in caplog.records if "rate limits: Redis is" in r.getMessage()]
+    assert len(fallbacks) == 1
