@@ -193,10 +193,10 @@ class DNS(ExpansionModule):
         async def call() -> tuple[dict[str, Any], float | None]:
             reply = await self.ask(ctx, nameserver, name, rdtype)
             if reply.rcode == NXDOMAIN:
-                return {"nxdomain": True}, self.not_found_ttl
+                return {"nxdomain": True}, ctx.source.policy.not_found_ttl
             found = find_records(reply, name, RDTYPES[rdtype])
             if not found:
-                return {"records": []}, self.not_found_ttl
+                return {"records": []}, ctx.source.policy.not_found_ttl
             if rdtype == "MX":
                 records = [host for _, host in sorted(r.value for r in found)]
             else:

@@ -304,6 +304,27 @@ async def test_repeated_query_is_answered_from_cache_with_fresh_uuids(
 
 
 @pytest.mark.parametrize(
+    ("kind", "value"),
+    [("domain", "missing.example.org"), ("ip-src", "203.0.113.9")],
+)
+async def test_not_found_lifetime_is_overridable(
+    client: Any,
+    dns_env: DNSServer,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+    value: str,
+) -> None:
+    monkeypatch.setenv("MISP_ENRICH_DNS_NOT_FOUND_TTL", "0")
+
+    await query(client, standard(kind, value))
+    asked = len(dns_env.queries)
+    await query(client, standard(kind, value))
+
+    assert asked > 0
+    assert len(dns_env.queries) == 2 * asked, "no answer is kept for 0 s"
+
+
+@pytest.mark.parametrize(
     ("text", "parsed"),
     [
         ("192.0.2.53", ("192.0.2.53", 53)),
