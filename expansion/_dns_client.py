@@ -233,6 +233,11 @@ class NameserverClient:
                         raise Timeout(lifetime) from None
         finally:
             self._pending.pop(ident, None)
+            # A failure that lands after we stopped waiting is not news.
+            if future.done() and not future.cancelled():
+                future.exception()
+            else:
+                future.cancel()
         if reply.truncated:
             reply = await asyncio.wait_for(
                 self._over_tcp(wire), max(0.1, deadline - loop.time())
@@ -251,6 +256,13 @@ class NameserverClient:
         finally:
             writer.close()
 
+    @property
+    def where(self) -> str:
+        """Return the nameserver as people write it: IP:port or [IPv6]:port."""
+        if ":" in self.address:
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
+
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
@@ -266,7 +278,9 @@ class NameserverClient:
         future, question = pending
         try:
             reply = decode_reply(data)
-        except Malformed:
+        except Malformed as err:
+            if not future.done():
+                future.set_exception(err)
             return
         asked = (reply.question[0].lower(), reply.question[1])
         if reply.flags & FLAG_QR and asked == question and not future.done():

@@ -155,7 +155,7 @@ class DNS(ExpansionModule):
         failure: Exception | None = None
         for client in clients:
             lifetime = max(0.1, min(QUERY_TIMEOUT, ctx.source.remaining()))
-            where = f"{client.address}:{client.port}"
+            where = client.where
             try:
                 reply = await client.query(name, rdtype, lifetime)
             except (Timeout, TimeoutError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import dns.flags
 import dns.message
 import dns.rdataclass
@@ -11,6 +13,7 @@ import pytest
 from expansion._dns_client import (
     RDTYPES,
     Malformed,
+    NameserverClient,
     decode_reply,
     encode_query,
     find_records,
@@ -87,3 +90,35 @@ def test_reply_records_of_every_type_the_module_reads() -> None:
 def test_malformed_replies_raise(wire: bytes) -> None:
     with pytest.raises(Malformed):
         decode_reply(wire)
+
+
+class _Garbage(asyncio.DatagramProtocol):
+    """A nameserver that answers each question with its id and nothing sane."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        header = data[:2] + b"\x81\x80\x00\x01\x00\x05\x00\x00\x00\x00"
+        # The question's name is cut off after three of its seven letters.
+        self.transport.sendto(header + b"\x07exa", addr)  # type: ignore[attr-defined]
+
+
+async def test_an_unreadable_answer_is_malformed_not_a_timeout() -> None:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        _Garbage, local_addr=("127.0.0.1", 0)
+    )
+    port = transport.get_extra_info("sockname")[1]
+    client = NameserverClient("127.0.0.1", port)
+    try:
+        with pytest.raises(Malformed):
+            await client.query("example.com", "A", 2.0)
+    finally:
+        client.close()
+        transport.close()
+
+
+def test_nameservers_are_named_as_people_write_them() -> None:
+    assert NameserverClient("192.0.2.53", 5353).where == "192.0.2.53:5353"
+    assert NameserverClient("2001:db8::53", 53).where == "[2001:db8::53]:53"
