@@ -9,11 +9,34 @@ from typing import Any
 from modules.cache import CacheUnavailable
 from modules.engine import make_cache, make_link
 from modules.metrics import Metrics
+from modules.registry import discover
 from modules.settings import ServerSettings
+
+# Backends the command line cannot reach: what it says instead of numbers.
+UNREACHABLE = {
+    "memory": (
+        "the memory cache lives inside the running server's process and cannot "
+        "be inspected or cleared from the command line; restarting the server "
+        "empties it"
+    ),
+    "none": "MISP_ENRICH_CACHE=none: the server keeps no cache to show or clear",
+}
 
 
 def run(action: str, module: str | None, settings: ServerSettings) -> int:
     """Run one cache command against the backend the settings select."""
+    unreachable = UNREACHABLE.get(settings.cache_backend)
+    if unreachable is not None:
+        print(unreachable, file=sys.stderr)
+        return 1
+    if module is not None:
+        known = sorted(discover().modules)
+        if module not in known:
+            print(
+                f"no module named '{module}'; known modules: {', '.join(known)}",
+                file=sys.stderr,
+            )
+            return 2
     return asyncio.run(_run(action, module, settings))
 
 

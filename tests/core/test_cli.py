@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -109,3 +111,48 @@ def test_bad_server_setting_is_a_clear_message(
         "misp-enrich: MISP_ENRICH_PORT: Input should be a valid integer"
     )
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("backend", "says"),
+    [
+        ("memory", "cannot be inspected or cleared from the command line"),
+        ("none", "the server keeps no cache to show or clear"),
+    ],
+)
+@pytest.mark.parametrize("command", [["stats"], ["clear"], ["clear", "dns"]])
+def test_cache_command_refuses_backends_it_cannot_reach(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+    says: str,
+    command: list[str],
+) -> None:
+    monkeypatch.setenv("MISP_ENRICH_CACHE", backend)
+
+    code = main(["cache", *command])
+
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out == ""
+    assert says in err
+
+
+def test_cache_clear_names_the_known_modules(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("MISP_ENRICH_CACHE", "sqlite")
+    monkeypatch.setenv("MISP_ENRICH_CACHE_PATH", str(tmp_path / "cache.sqlite3"))
+
+    unknown = main(["cache", "clear", "nosuchmodule"])
+    err = capsys.readouterr().err
+    known = main(["cache", "clear", "dns"])
+    out = capsys.readouterr().out
+
+    assert unknown == 2
+    assert re.match(r"^no module named 'nosuchmodule'; known modules: .*\bdns\b", err)
+    assert "virustotal" in err
+    assert known == 0
+    assert out.startswith("removed 0 entries for dns from sqlite at ")
