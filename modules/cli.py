@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -60,12 +62,16 @@ def cmd_serve(args: argparse.Namespace, settings: ServerSettings) -> int:
         enricher = Enricher(registry, settings)
         asyncio.run(serve(create_app(registry, settings, enricher), settings))
     except OSError as err:
+        if isinstance(err, socket.gaierror) or err.errno == errno.EADDRNOTAVAIL:
+            advice = "give an address of this machine with --host or MISP_ENRICH_HOST"
+        else:
+            advice = "pick another port with --port or MISP_ENRICH_PORT"
         log.error(
-            "cannot listen on %s:%d: %s; pick another port with --port or "
-            "MISP_ENRICH_PORT",
+            "cannot listen on %s:%d: %s; %s",
             settings.host,
             settings.port,
             err.strerror or err,
+            advice,
         )
         return 2
     except KeyboardInterrupt:
@@ -96,12 +102,21 @@ async def serve(app: web.Application, settings: ServerSettings) -> None:
         await runner.cleanup()
 
 
+def port(text: str) -> int:
+    """Read a TCP port number for argparse."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 1 to 65535")
+    return int(text)
+
+
 def policy_problems(registry: Registry) -> list[str]:
     """Check every module's server-side source settings before serving."""
     problems = []
     for module in registry.modules.values():
         try:
             parse_limits(module.name, source_policy(module).rate_limits)
+            # Server-side defaults alone: a bad one would fail every query.
+            module.resolve_config({})
         except EnrichError as err:
             problems.append(str(err))
     return problems
@@ -226,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="run the HTTP server for MISP")
     serve.add_argument("--host", help="address to bind (MISP_ENRICH_HOST)")
-    serve.add_argument("--port", type=int, help="port to bind (MISP_ENRICH_PORT)")
+    serve.add_argument("--port", type=port, help="port to bind (MISP_ENRICH_PORT)")
     serve.set_defaults(handler=cmd_serve)
 
     listing = commands.add_parser("modules", help="list the modules and settings")

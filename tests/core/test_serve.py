@@ -131,6 +131,12 @@ def test_a_taken_port_is_one_clear_line() -> None:
         ),
         ("MISP_ENRICH_OTX_CONCURRENCY", "abc", "MISP_ENRICH_OTX_CONCURRENCY: 'abc'"),
         ("MISP_ENRICH_LOG_LEVEL", "loud", "MISP_ENRICH_LOG_LEVEL: Input should be"),
+        (
+            "MISP_ENRICH_DNS_NAMESERVER",
+            "garbage",
+            "DNS: invalid setting nameserver (Plugin.Enrichment_dns_nameserver or "
+            "MISP_ENRICH_DNS_NAMESERVER): Value error, 'garbage' is not IP",
+        ),
     ],
 )
 def test_bad_settings_stop_the_start_with_one_line(
@@ -140,6 +146,27 @@ def test_bad_settings_stop_the_start_with_one_line(
 
     assert result.returncode == 2
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_a_port_out_of_range_is_one_clear_line(port: str) -> None:
+    result = run_cli("serve", "--port", port)
+
+    assert result.returncode == 2
+    assert f"argument --port: '{port}' is not a port from 1 to 65535" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_address_not_of_this_machine_gets_host_advice() -> None:
+    # A documentation address: no interface has it, and no lookup is needed.
+    result = run_cli(
+        "serve", "--port", str(free_port()), env={"MISP_ENRICH_HOST": "192.0.2.1"}
+    )
+
+    assert result.returncode == 2
+    assert "cannot listen on 192.0.2.1" in result.stderr
+    assert "give an address of this machine with --host" in result.stderr
     assert "Traceback" not in result.stderr
 
 
