@@ -19,6 +19,7 @@ from tests.fakes.modules.virustotal import (
     MD5,
     SHA1,
     SHA256,
+    URL,
     URL_ID,
     URL_SHA256,
 )
@@ -226,89 +227,7 @@ async def test_domain_enrich_button(client: Any, vt: FakeUpstream) -> None:
 
     answer = await query(client, body)
 
-    assert shape(answer) == [
-        obj(
-            "domain-ip",
-            [
-                ("domain", "example.com"),
-                ("ip", "192.0.2.10"),
-                ("ip", "198.51.100.7"),
-            ],
-            [("input", "describes"), ("1:virustotal-report", "analysed-with")],
-        ),
-        obj(
-            "virustotal-report",
-            [
-                ("permalink", "https://www.virustotal.com/gui/domain/example.com"),
-                ("detection-ratio", "0/88"),
-                ("community-score", "reputation 0; votes: 1 harmless, 0 malicious"),
-                ("last-submission", "2024-06-01T00:00:00+00:00"),
-            ],
-        ),
-        obj(
-            "dns-record",
-            [
-                ("queried-domain", "example.com"),
-                ("a-record", "192.0.2.10"),
-                ("a-record", "192.0.2.11"),
-                ("aaaa-record", "2001:db8::10"),
-                ("mx-record", "mail.example.com"),
-                ("ns-record", "ns1.example.net"),
-                ("ns-record", "ns2.example.net"),
-                ("txt-record", "v=spf1 ip4:192.0.2.0/24 -all"),
-                ("soa-record", "ns1.example.net"),
-            ],
-            [("0:domain-ip", "describes")],
-        ),
-        obj(
-            "whois",
-            [
-                (
-                    "text",
-                    "Domain Name: EXAMPLE.COM\nRegistrar: Example Registrar, Inc.\n"
-                    "Name Server: NS1.EXAMPLE.NET",
-                ),
-                ("domain", "example.com"),
-                ("registrar", "Example Registrar, Inc."),
-                ("creation-date", "1995-08-14T04:00:00+00:00"),
-                ("expiration-date", "2026-08-13T08:00:00+00:00"),
-                ("modification-date", "2024-08-14T08:01:34+00:00"),
-            ],
-            [("0:domain-ip", "describes")],
-        ),
-        obj(
-            "domain-ip",
-            [("domain", "www.example.com")],
-            [("0:domain-ip", "subdomain-of")],
-            "VirusTotal: 0/88 engines flag it malicious; reputation 0",
-        ),
-        obj(
-            "domain-ip",
-            [("domain", "mail.example.com")],
-            [("0:domain-ip", "subdomain-of")],
-            "VirusTotal: 0/88 engines flag it malicious; reputation 0",
-        ),
-        obj(
-            "domain-ip",
-            [("domain", "login.example.com")],
-            [("0:domain-ip", "subdomain-of")],
-            "VirusTotal: 3/88 engines flag it malicious; reputation -2",
-        ),
-        obj(
-            "domain-ip",
-            [("domain", "example.net")],
-            [("0:domain-ip", "sibling-of")],
-            "VirusTotal: 0/88 engines flag it malicious; reputation 1",
-        ),
-        # The same file communicates with the domain and refers to it: one
-        # object, two references.
-        obj(
-            "file",
-            RELATED_FILE,
-            [("0:domain-ip", "communicates-with"), ("0:domain-ip", "references")],
-            RELATED_FILE_COMMENT,
-        ),
-    ]
+    assert shape(answer) == DOMAIN_SHAPE
     assert answer["comment"] == (
         "VirusTotal lists 9 subdomains for example.com; 3 included (event_limit 5)"
     )
@@ -328,46 +247,7 @@ async def test_sha256_background_enrichment(client: Any, vt: FakeUpstream) -> No
 
     answer = await query(client, body)
 
-    assert shape(answer, input_uuid) == [
-        obj(
-            "file",
-            FILE_VALUES,
-            [
-                ("input", "describes"),
-                ("1:virustotal-report", "analysed-with"),
-                ("2:domain-ip", "communicates-with"),
-                ("3:domain-ip", "communicates-with"),
-                ("4:domain-ip", "communicates-with"),
-                ("5:url", "communicates-with"),
-                ("5:url", "downloaded-from"),
-            ],
-        ),
-        obj("virustotal-report", FILE_REPORT),
-        obj(
-            "domain-ip",
-            [("domain", "c2.example.net")],
-            comment="VirusTotal: 9/88 engines flag it malicious; reputation -12",
-        ),
-        obj(
-            "domain-ip",
-            [("domain", "update.example.org")],
-            comment="VirusTotal: 0/88 engines flag it malicious; reputation 0",
-        ),
-        # The second contacted IP came back as an error item and is left out.
-        obj(
-            "domain-ip",
-            [("ip", "203.0.113.45")],
-            comment="VirusTotal: 4/87 engines flag it malicious; reputation -3",
-        ),
-        obj(
-            "url",
-            [("url", "http://www.example.net/download/invoice.exe")],
-            comment=(
-                "VirusTotal: 6/89 engines flag it malicious; reputation -1; "
-                "first seen 2023-11-03"
-            ),
-        ),
-    ]
+    assert shape(answer, input_uuid) == FILE_SHAPE
     # event_limit "" falls back to the default, so nothing was left out.
     assert "comment" not in answer
 
@@ -384,50 +264,7 @@ async def test_defanged_url(client: Any, vt: FakeUpstream) -> None:
 
     answer = await query(client, body)
 
-    assert shape(answer, input_uuid) == [
-        obj(
-            "url",
-            [
-                ("url", "https://login.example.com/verify"),
-                ("scheme", "https"),
-                ("host", "login.example.com"),
-                ("resource_path", "/verify"),
-                ("first-seen", "2024-05-18T02:40:00+00:00"),
-                ("last-seen", "2024-06-01T00:00:00+00:00"),
-            ],
-            [
-                ("input", "describes"),
-                ("1:virustotal-report", "analysed-with"),
-                ("2:url", "redirects-to"),
-            ],
-        ),
-        obj(
-            "virustotal-report",
-            [
-                ("permalink", f"https://www.virustotal.com/gui/url/{URL_SHA256}"),
-                ("detection-ratio", "3/89"),
-                ("community-score", "reputation -4; votes: 0 harmless, 2 malicious"),
-                ("first-submission", "2024-05-18T02:40:00+00:00"),
-                ("last-submission", "2024-05-29T16:26:40+00:00"),
-            ],
-        ),
-        obj(
-            "url",
-            [
-                ("url", "https://login.example.com/verify/step2?session=1"),
-                ("scheme", "https"),
-                ("host", "login.example.com"),
-                ("resource_path", "/verify/step2"),
-                ("query_string", "session=1"),
-            ],
-        ),
-        obj(
-            "file",
-            RELATED_FILE,
-            [("0:url", "downloaded-from")],
-            RELATED_FILE_COMMENT,
-        ),
-    ]
+    assert shape(answer, input_uuid) == URL_SHAPE
 
     # The refanged URL is looked up by its id; relationships by VT's own id.
     assert paths(vt)[0] == f"/urls/{URL_ID}"
@@ -443,39 +280,7 @@ async def test_ip_address(client: Any, vt: FakeUpstream) -> None:
 
     answer = await query(client, body)
 
-    assert shape(answer, input_uuid) == [
-        obj(
-            "domain-ip",
-            [
-                ("ip", "198.51.100.7"),
-                ("domain", "example.com"),
-                ("domain", "files.example.org"),
-            ],
-            [("input", "describes"), ("1:virustotal-report", "analysed-with")],
-        ),
-        obj("virustotal-report", IP_REPORT),
-        obj(
-            "asn",
-            [
-                ("asn", "64500"),
-                ("subnet-announced", "198.51.100.0/24"),
-                ("country", "US"),
-                ("description", "EXAMPLE-AS"),
-            ],
-            [("0:domain-ip", "contains")],
-        ),
-        obj(
-            "whois",
-            [
-                (
-                    "text",
-                    "NetRange: 198.51.100.0 - 198.51.100.255\nOrgName: Example Org",
-                ),
-                ("ip-address", "198.51.100.7"),
-            ],
-            [("0:domain-ip", "describes")],
-        ),
-    ]
+    assert shape(answer, input_uuid) == IP_SHAPE
     assert paths(vt) == [f"/ip_addresses/{IP}", *IP_RELATIONSHIPS]
     assert_key_sent_in_header_only(vt)
 
@@ -543,30 +348,319 @@ async def test_file_object_prefers_sha256_over_md5(
     assert f"/files/{MD5}" not in paths(vt)
 
 
-# Every declared input type.
+# What each kind of VirusTotal object answers, from the fake's payloads.
 
-TYPES = [
-    ("sha256", SHA256, f"/files/{SHA256}", FILE_RELATIONSHIPS),
-    ("sha1", SHA1.upper(), f"/files/{SHA1}", FILE_RELATIONSHIPS),
-    ("md5", MD5, f"/files/{MD5}", FILE_RELATIONSHIPS),
-    (
-        "filename|sha256",
-        f"renamed.bin|{SHA256}",
-        f"/files/{SHA256}",
-        FILE_RELATIONSHIPS,
+DOMAIN_SHAPE = [
+    obj(
+        "domain-ip",
+        [
+            ("domain", "example.com"),
+            ("ip", "192.0.2.10"),
+            ("ip", "198.51.100.7"),
+        ],
+        [("input", "describes"), ("1:virustotal-report", "analysed-with")],
     ),
-    ("filename|sha1", f"renamed.bin|{SHA1}", f"/files/{SHA1}", FILE_RELATIONSHIPS),
-    ("filename|md5", f"invoice.pdf.exe|{MD5}", f"/files/{MD5}", FILE_RELATIONSHIPS),
-    ("domain", "Example.COM.", f"/domains/{DOMAIN}", DOMAIN_RELATIONSHIPS),
-    ("hostname", HOSTNAME, f"/domains/{HOSTNAME}", HOSTNAME_RELATIONSHIPS),
-    ("ip-src", IP, f"/ip_addresses/{IP}", IP_RELATIONSHIPS),
-    ("ip-dst", "198.51.100[.]7", f"/ip_addresses/{IP}", IP_RELATIONSHIPS),
-    ("url", "https://login.example.com/verify", f"/urls/{URL_ID}", URL_RELATIONSHIPS),
+    obj(
+        "virustotal-report",
+        [
+            ("permalink", "https://www.virustotal.com/gui/domain/example.com"),
+            ("detection-ratio", "0/88"),
+            ("community-score", "reputation 0; votes: 1 harmless, 0 malicious"),
+            ("last-submission", "2024-06-01T00:00:00+00:00"),
+        ],
+    ),
+    obj(
+        "dns-record",
+        [
+            ("queried-domain", "example.com"),
+            ("a-record", "192.0.2.10"),
+            ("a-record", "192.0.2.11"),
+            ("aaaa-record", "2001:db8::10"),
+            ("mx-record", "mail.example.com"),
+            ("ns-record", "ns1.example.net"),
+            ("ns-record", "ns2.example.net"),
+            ("txt-record", "v=spf1 ip4:192.0.2.0/24 -all"),
+            ("soa-record", "ns1.example.net"),
+        ],
+        [("0:domain-ip", "describes")],
+    ),
+    obj(
+        "whois",
+        [
+            (
+                "text",
+                "Domain Name: EXAMPLE.COM\nRegistrar: Example Registrar, Inc.\n"
+                "Name Server: NS1.EXAMPLE.NET",
+            ),
+            ("domain", "example.com"),
+            ("registrar", "Example Registrar, Inc."),
+            ("creation-date", "1995-08-14T04:00:00+00:00"),
+            ("expiration-date", "2026-08-13T08:00:00+00:00"),
+            ("modification-date", "2024-08-14T08:01:34+00:00"),
+        ],
+        [("0:domain-ip", "describes")],
+    ),
+    obj(
+        "domain-ip",
+        [("domain", "www.example.com")],
+        [("0:domain-ip", "subdomain-of")],
+        "VirusTotal: 0/88 engines flag it malicious; reputation 0",
+    ),
+    obj(
+        "domain-ip",
+        [("domain", "mail.example.com")],
+        [("0:domain-ip", "subdomain-of")],
+        "VirusTotal: 0/88 engines flag it malicious; reputation 0",
+    ),
+    obj(
+        "domain-ip",
+        [("domain", "login.example.com")],
+        [("0:domain-ip", "subdomain-of")],
+        "VirusTotal: 3/88 engines flag it malicious; reputation -2",
+    ),
+    obj(
+        "domain-ip",
+        [("domain", "example.net")],
+        [("0:domain-ip", "sibling-of")],
+        "VirusTotal: 0/88 engines flag it malicious; reputation 1",
+    ),
+    # The same file communicates with the domain and refers to it: one
+    # object, two references.
+    obj(
+        "file",
+        RELATED_FILE,
+        [("0:domain-ip", "communicates-with"), ("0:domain-ip", "references")],
+        RELATED_FILE_COMMENT,
+    ),
+]
+
+FILE_SHAPE = [
+    obj(
+        "file",
+        FILE_VALUES,
+        [
+            ("input", "describes"),
+            ("1:virustotal-report", "analysed-with"),
+            ("2:domain-ip", "communicates-with"),
+            ("3:domain-ip", "communicates-with"),
+            ("4:domain-ip", "communicates-with"),
+            ("5:url", "communicates-with"),
+            ("5:url", "downloaded-from"),
+        ],
+    ),
+    obj("virustotal-report", FILE_REPORT),
+    obj(
+        "domain-ip",
+        [("domain", "c2.example.net")],
+        comment="VirusTotal: 9/88 engines flag it malicious; reputation -12",
+    ),
+    obj(
+        "domain-ip",
+        [("domain", "update.example.org")],
+        comment="VirusTotal: 0/88 engines flag it malicious; reputation 0",
+    ),
+    # The second contacted IP came back as an error item and is left out.
+    obj(
+        "domain-ip",
+        [("ip", "203.0.113.45")],
+        comment="VirusTotal: 4/87 engines flag it malicious; reputation -3",
+    ),
+    obj(
+        "url",
+        [("url", "http://www.example.net/download/invoice.exe")],
+        comment=(
+            "VirusTotal: 6/89 engines flag it malicious; reputation -1; "
+            "first seen 2023-11-03"
+        ),
+    ),
+]
+
+URL_SHAPE = [
+    obj(
+        "url",
+        [
+            ("url", "https://login.example.com/verify"),
+            ("scheme", "https"),
+            ("host", "login.example.com"),
+            ("resource_path", "/verify"),
+            ("first-seen", "2024-05-18T02:40:00+00:00"),
+            ("last-seen", "2024-06-01T00:00:00+00:00"),
+        ],
+        [
+            ("input", "describes"),
+            ("1:virustotal-report", "analysed-with"),
+            ("2:url", "redirects-to"),
+        ],
+    ),
+    obj(
+        "virustotal-report",
+        [
+            ("permalink", f"https://www.virustotal.com/gui/url/{URL_SHA256}"),
+            ("detection-ratio", "3/89"),
+            ("community-score", "reputation -4; votes: 0 harmless, 2 malicious"),
+            ("first-submission", "2024-05-18T02:40:00+00:00"),
+            ("last-submission", "2024-05-29T16:26:40+00:00"),
+        ],
+    ),
+    obj(
+        "url",
+        [
+            ("url", "https://login.example.com/verify/step2?session=1"),
+            ("scheme", "https"),
+            ("host", "login.example.com"),
+            ("resource_path", "/verify/step2"),
+            ("query_string", "session=1"),
+        ],
+    ),
+    obj(
+        "file",
+        RELATED_FILE,
+        [("0:url", "downloaded-from")],
+        RELATED_FILE_COMMENT,
+    ),
+]
+
+IP_SHAPE = [
+    obj(
+        "domain-ip",
+        [
+            ("ip", "198.51.100.7"),
+            ("domain", "example.com"),
+            ("domain", "files.example.org"),
+        ],
+        [("input", "describes"), ("1:virustotal-report", "analysed-with")],
+    ),
+    obj("virustotal-report", IP_REPORT),
+    obj(
+        "asn",
+        [
+            ("asn", "64500"),
+            ("subnet-announced", "198.51.100.0/24"),
+            ("country", "US"),
+            ("description", "EXAMPLE-AS"),
+        ],
+        [("0:domain-ip", "contains")],
+    ),
+    obj(
+        "whois",
+        [
+            (
+                "text",
+                "NetRange: 198.51.100.0 - 198.51.100.255\nOrgName: Example Org",
+            ),
+            ("ip-address", "198.51.100.7"),
+        ],
+        [("0:domain-ip", "describes")],
+    ),
+]
+
+HOSTNAME_SHAPE = [
+    obj(
+        "domain-ip",
+        [("hostname", "www.example.com"), ("ip", "192.0.2.10")],
+        [("input", "describes"), ("1:virustotal-report", "analysed-with")],
+    ),
+    obj(
+        "virustotal-report",
+        [
+            ("permalink", "https://www.virustotal.com/gui/domain/www.example.com"),
+            ("detection-ratio", "0/88"),
+            ("community-score", "reputation 0; votes: 0 harmless, 0 malicious"),
+            ("last-submission", "2024-06-01T00:00:00+00:00"),
+        ],
+    ),
+    obj(
+        "dns-record",
+        [
+            ("queried-domain", "www.example.com"),
+            ("a-record", "192.0.2.10"),
+            ("cname-record", "edge.example.net"),
+        ],
+        [("0:domain-ip", "describes")],
+    ),
 ]
 
 
+# Every declared input type.
+
+
+def shifted(expected: list[dict[str, Any]], offset: int) -> list[dict[str, Any]]:
+    """Return expected objects as they read `offset` places later in an answer."""
+
+    def moved(label: str) -> str:
+        where, _, name = label.partition(":")
+        return f"{int(where) + offset}:{name}" if where.isdigit() else label
+
+    return [
+        {**item, "refs": [(moved(label), kind) for label, kind in item["refs"]]}
+        for item in expected
+    ]
+
+
+def renamed(expected: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """Return the file answer with the input's own file name listed first."""
+    entity, *rest = expected
+    values = list(entity["values"])
+    values.insert(values.index(("filename", "invoice.pdf.exe")), ("filename", name))
+    return [{**entity, "values": values}, *rest]
+
+
+SUBDOMAINS_NOTE = (
+    "VirusTotal lists 9 subdomains for example.com; 3 included (event_limit 5)"
+)
+# The domain's own objects, then the IP's, then the domain's related objects.
+DOMAIN_IP_SHAPE = DOMAIN_SHAPE[:4] + shifted(IP_SHAPE, 4) + DOMAIN_SHAPE[4:]
+RENAMED = f"renamed.bin|{SHA256}"
+TYPES = [
+    ("sha256", SHA256, [f"/files/{SHA256}"], FILE_SHAPE, None),
+    ("sha1", SHA1.upper(), [f"/files/{SHA1}"], FILE_SHAPE, None),
+    ("md5", MD5, [f"/files/{MD5}"], FILE_SHAPE, None),
+    (
+        "filename|sha256",
+        RENAMED,
+        [f"/files/{SHA256}"],
+        renamed(FILE_SHAPE, "renamed.bin"),
+        None,
+    ),
+    (
+        "filename|sha1",
+        f"renamed.bin|{SHA1}",
+        [f"/files/{SHA1}"],
+        renamed(FILE_SHAPE, "renamed.bin"),
+        None,
+    ),
+    # The input's name is one VirusTotal knows: it is listed once.
+    ("filename|md5", f"invoice.pdf.exe|{MD5}", [f"/files/{MD5}"], FILE_SHAPE, None),
+    ("domain", "Example.COM.", [f"/domains/{DOMAIN}"], DOMAIN_SHAPE, SUBDOMAINS_NOTE),
+    ("hostname", HOSTNAME, [f"/domains/{HOSTNAME}"], HOSTNAME_SHAPE, None),
+    ("ip-src", IP, [f"/ip_addresses/{IP}"], IP_SHAPE, None),
+    ("ip-dst", "198.51.100[.]7", [f"/ip_addresses/{IP}"], IP_SHAPE, None),
+    (
+        "domain|ip",
+        f"{DOMAIN}|{IP}",
+        [f"/domains/{DOMAIN}", f"/ip_addresses/{IP}"],
+        DOMAIN_IP_SHAPE,
+        SUBDOMAINS_NOTE,
+    ),
+    ("url", URL, [f"/urls/{URL_ID}"], URL_SHAPE, None),
+]
+RELATIONSHIPS = {
+    f"/files/{SHA256}": FILE_RELATIONSHIPS,
+    f"/files/{SHA1}": FILE_RELATIONSHIPS,
+    f"/files/{MD5}": FILE_RELATIONSHIPS,
+    f"/domains/{DOMAIN}": DOMAIN_RELATIONSHIPS,
+    f"/domains/{HOSTNAME}": HOSTNAME_RELATIONSHIPS,
+    f"/ip_addresses/{IP}": IP_RELATIONSHIPS,
+    f"/urls/{URL_ID}": URL_RELATIONSHIPS,
+}
+
+
+def test_types_table_covers_every_declared_input_type() -> None:
+    assert {case[0] for case in TYPES} == set(VirusTotal.input_types)
+
+
 @pytest.mark.parametrize(
-    ("attribute_type", "value", "path", "relationships"),
+    ("attribute_type", "value", "lookups", "expected", "comment"),
     TYPES,
     ids=[case[0] for case in TYPES],
 )
@@ -575,26 +669,20 @@ async def test_every_input_type(
     vt: FakeUpstream,
     attribute_type: str,
     value: str,
-    path: str,
-    relationships: set[str],
+    lookups: list[str],
+    expected: list[dict[str, Any]],
+    comment: str | None,
 ) -> None:
     answer = await query(client, attribute_request(attribute_type, value))
 
-    shaped = shape(answer)
-    entity, report = shaped[0], shaped[1]
-    assert entity["refs"][:2] == [
-        ("input", "describes"),
-        ("1:virustotal-report", "analysed-with"),
-    ]
-    assert report["name"] == "virustotal-report"
-    assert report["values"][0][0] == "permalink"
-    # Only the object describing the input references the input.
-    assert [item for item in shaped if ("input", "describes") in item["refs"]] == [
-        entity
-    ]
-    assert paths(vt)[0] == path
-    assert set(paths(vt)[1:]) == relationships
-    assert len(vt.requests) == 1 + len(relationships)
+    assert shape(answer) == expected
+    assert answer.get("comment") == comment
+    assert set(answer["results"]) == {"Object"}
+    # The objects first, then every relationship of each, once.
+    relationships = set().union(*(RELATIONSHIPS[path] for path in lookups))
+    assert set(paths(vt)[: len(lookups)]) == set(lookups)
+    assert set(paths(vt)[len(lookups) :]) == relationships
+    assert len(vt.requests) == len(lookups) + len(relationships)
     assert_key_sent_in_header_only(vt)
 
 
@@ -624,59 +712,7 @@ async def test_hostname_maps_to_hostname_relation(
 ) -> None:
     answer = await query(client, attribute_request("hostname", HOSTNAME))
 
-    assert shape(answer) == [
-        obj(
-            "domain-ip",
-            [("hostname", "www.example.com"), ("ip", "192.0.2.10")],
-            [("input", "describes"), ("1:virustotal-report", "analysed-with")],
-        ),
-        obj(
-            "virustotal-report",
-            [
-                ("permalink", "https://www.virustotal.com/gui/domain/www.example.com"),
-                ("detection-ratio", "0/88"),
-                ("community-score", "reputation 0; votes: 0 harmless, 0 malicious"),
-                ("last-submission", "2024-06-01T00:00:00+00:00"),
-            ],
-        ),
-        obj(
-            "dns-record",
-            [
-                ("queried-domain", "www.example.com"),
-                ("a-record", "192.0.2.10"),
-                ("cname-record", "edge.example.net"),
-            ],
-            [("0:domain-ip", "describes")],
-        ),
-    ]
-
-
-async def test_domain_ip_looks_up_both_parts(client: Any, vt: FakeUpstream) -> None:
-    answer = await query(client, attribute_request("domain|ip", f"{DOMAIN}|{IP}"))
-
-    shaped = shape(answer)
-    entities = [item for item in shaped if ("input", "describes") in item["refs"]]
-    assert [entity["values"][0] for entity in entities] == [
-        ("domain", "example.com"),
-        ("ip", "198.51.100.7"),
-    ]
-    assert [item["name"] for item in shaped[:4]] == [
-        "domain-ip",
-        "virustotal-report",
-        "dns-record",
-        "whois",
-    ]
-    ip_entity = shaped.index(entities[1])
-    assert [item["name"] for item in shaped[ip_entity : ip_entity + 4]] == [
-        "domain-ip",
-        "virustotal-report",
-        "asn",
-        "whois",
-    ]
-    assert shaped[ip_entity + 1]["values"] == IP_REPORT
-    assert set(paths(vt)[:2]) == {f"/domains/{DOMAIN}", f"/ip_addresses/{IP}"}
-    assert set(paths(vt)[2:]) == DOMAIN_RELATIONSHIPS | IP_RELATIONSHIPS
-    assert len(vt.requests) == 9
+    assert shape(answer) == HOSTNAME_SHAPE
 
 
 # Hover: one line, no relationship calls.
