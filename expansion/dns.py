@@ -159,6 +159,7 @@ class DNS(ExpansionModule):
             try:
                 reply = await client.query(name, rdtype, lifetime)
             except (Timeout, TimeoutError):
+                ctx.source.answered("timeout")
                 failure = UpstreamTimeout(
                     self.title,
                     f"no answer from {where} within {lifetime:.1f} s for "
@@ -166,21 +167,24 @@ class DNS(ExpansionModule):
                 )
                 continue
             except (Refused, OSError):
+                ctx.source.answered("connection_error")
                 failure = Unavailable(
                     self.title, f"nothing answers DNS at {where} (connection refused)"
                 )
                 continue
             except Malformed as err:
+                ctx.source.answered("malformed")
                 failure = BadResponse(
                     self.title, f"{where} sent an unreadable answer ({err})"
                 )
                 continue
+            rcode = RCODES.get(reply.rcode, str(reply.rcode))
+            ctx.source.answered(rcode)
             if reply.rcode in (NOERROR, NXDOMAIN):
                 return reply
             failure = Unavailable(
                 self.title,
-                f"the nameserver refused or failed {name} {rdtype} "
-                f"({RCODES.get(reply.rcode, str(reply.rcode))})",
+                f"the nameserver refused or failed {name} {rdtype} ({rcode})",
             )
         assert failure is not None
         raise failure

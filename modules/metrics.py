@@ -48,7 +48,7 @@ class Metrics:
         )
         self.upstream_responses = Counter(
             "misp_enrich_upstream_responses",
-            "HTTP answers from sources, by source and status.",
+            "Answers from sources, by source and status (HTTP status, DNS rcode, ...).",
             ["source", "status"],
             registry=registry,
         )

@@ -205,6 +205,11 @@ class Source:
         """Return the seconds left before the query's deadline."""
         return self.deadline - asyncio.get_running_loop().time()
 
+    def answered(self, status: str) -> None:
+        """Count one answer from the source: an HTTP status, a DNS rcode, "timeout"."""
+        # A label: a status from a short fixed set, never an indicator or a key.
+        self.engine.metrics.upstream_responses.labels(self.name, status).inc()
+
     def scrub(self, text: str) -> str:
         """Remove any secret value from a text before it leaves the process."""
         for value in self._secrets:
@@ -497,7 +502,6 @@ class Source:
         timeout = min(self.engine.settings.upstream_timeout, self.remaining())
         if timeout <= 0:
             raise DeadlineExceeded(self.label, "no time left before the deadline")
-        responses = self.engine.metrics.upstream_responses
         try:
             async with self.session.request(
                 method,
@@ -511,7 +515,7 @@ class Source:
                 allow_redirects=False,
             ) as response:
                 body = await response.read()
-                responses.labels(self.name, str(response.status)).inc()
+                self.answered(str(response.status))
                 error = map_status(
                     self.label,
                     response.status,
@@ -520,12 +524,12 @@ class Source:
                     self.module.auth_statuses,
                 )
         except TimeoutError:
-            responses.labels(self.name, "timeout").inc()
+            self.answered("timeout")
             raise UpstreamTimeout(
                 self.label, f"no answer within {timeout:.1f} s"
             ) from None
         except aiohttp.ClientError as err:
-            responses.labels(self.name, "connection_error").inc()
+            self.answered("connection_error")
             raise self._connection_error(err) from None
         if error is not None:
             error.detail = self.scrub(error.detail)

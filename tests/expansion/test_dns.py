@@ -6,6 +6,7 @@ import socket
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from expansion.dns import parse_nameserver, spf_addresses
 from tests.conformance import check_answer
@@ -354,3 +355,64 @@ def test_spf_addresses() -> None:
         "2001:db8::/48",
     ]
     assert spf_addresses("google-site-verification=x") == []
+
+
+async def dns_statuses(client: Any) -> dict[str, float]:
+    """Return the DNS answers counted in /metrics, by status."""
+    response = await client.get("/metrics")
+    text = await response.text()
+    counted = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name != "misp_enrich_upstream_responses_total":
+                continue
+            assert not any(
+                "192.0.2" in v or "arpa" in v for v in sample.labels.values()
+            )
+            if sample.labels["source"] == "dns":
+                counted[sample.labels["status"]] = sample.value
+    return counted
+
+
+@pytest.mark.parametrize(
+    ("mode", "address", "status"),
+    [
+        ("answer", "192.0.2.10", "NOERROR"),
+        ("answer", "203.0.113.9", "NXDOMAIN"),
+        ("servfail", "192.0.2.10", "SERVFAIL"),
+        ("refuse", "192.0.2.10", "REFUSED"),
+    ],
+)
+async def test_answers_are_counted_by_rcode(
+    client: Any, dns_env: DNSServer, mode: str, address: str, status: str
+) -> None:
+    dns_env.zone.mode = mode
+
+    await query(client, standard("ip-src", address))
+
+    assert await dns_statuses(client) == {status: 1.0}
+
+
+async def test_timeouts_are_counted(
+    make_client: Any, dns_env: DNSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dns_env.zone.mode = "drop"
+    # The question times out well before the query's deadline cuts it short.
+    monkeypatch.setattr("expansion.dns.QUERY_TIMEOUT", 0.3)
+    client = await make_client(deadline=3)
+
+    await query(client, standard("ip-src", "192.0.2.10"))
+
+    assert await dns_statuses(client) == {"timeout": 1.0}
+
+
+async def test_a_refused_connection_is_counted(client: Any) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    body = standard("ip-src", "192.0.2.10")
+    body["config"] = {"nameserver": f"127.0.0.1:{port}"}
+
+    await query(client, body)
+
+    assert await dns_statuses(client) == {"connection_error": 1.0}
