@@ -13,7 +13,14 @@ from urllib.parse import quote
 from pydantic import SecretStr
 
 from modules.context import Context
-from modules.errors import AuthFailed, BadResponse, ConfigError, NotFound
+from modules.errors import (
+    AuthFailed,
+    BadResponse,
+    ConfigError,
+    DeadlineExceeded,
+    NotFound,
+    UpstreamTimeout,
+)
 from modules.module import ExpansionModule, ModuleConfig, secret
 from modules.observable import Observable
 from modules.results import Answer
@@ -26,6 +33,9 @@ MAX_PASSIVE_DNS = 10
 MAX_MALWARE = 10
 MAX_URLS = 10
 SUMMARY_PULSES = 3
+# Sections other than general stop this long before the query's deadline, so
+# what was fetched still reaches MISP in time.
+ANSWER_MARGIN = 0.5
 
 SECTIONS = {
     "IPv4": ("general", "reputation", "geo", "malware", "url_list", "passive_dns"),
@@ -104,30 +114,68 @@ async def fetch_section(
     return data
 
 
+Found = dict[tuple[str, str], dict[str, dict[str, Any] | None]]
+Late = list[tuple[str, str, str]]
+
+
 async def fetch_all(
     ctx: Context, headers: dict[str, str], targets: list[tuple[str, str]]
-) -> dict[tuple[str, str], dict[str, dict[str, Any] | None]]:
-    """Fetch every section of every indicator at once; raise the first failure."""
+) -> tuple[Found, Late]:
+    """Fetch every section of every indicator at once; raise the first failure.
+
+    The general sections (the pulses) may take until the query's deadline;
+    the others until shortly before it, and those late are returned apart.
+    """
     calls = [
         (kind, value, section)
         for kind, value in targets
         for section in (("general",) if ctx.hover else SECTIONS[kind])
     ]
-    # Waiting for all calls, then raising in call order, makes the error the
-    # analyst sees the same whichever call failed first.
-    results = await asyncio.gather(
-        *(fetch_section(ctx, headers, *call) for call in calls),
-        return_exceptions=True,
-    )
+    tasks = [
+        asyncio.ensure_future(fetch_section(ctx, headers, *call)) for call in calls
+    ]
+    extra = [
+        task for call, task in zip(calls, tasks, strict=True) if call[2] != "general"
+    ]
+    try:
+        if extra:
+            budget = ctx.source.remaining() - ANSWER_MARGIN
+            await asyncio.wait(extra, timeout=max(0.0, budget))
+        for task in extra:
+            task.cancel()
+        # Waiting for all calls, then raising in call order, makes the error
+        # the analyst sees the same whichever call failed first.
+        await asyncio.wait(tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
 
-    found: dict[tuple[str, str], dict[str, dict[str, Any] | None]] = {
-        target: {} for target in targets
-    }
-    for (kind, value, section), result in zip(calls, results, strict=True):
-        if isinstance(result, BaseException):
-            raise result
-        found[kind, value][section] = result
-    return found
+    found: Found = {target: {} for target in targets}
+    late: Late = []
+    for (kind, value, section), task in zip(calls, tasks, strict=True):
+        error = None if task.cancelled() else task.exception()
+        if section != "general" and (
+            task.cancelled() or isinstance(error, UpstreamTimeout | DeadlineExceeded)
+        ):
+            late.append((kind, value, section))
+        elif error is not None:
+            raise error
+        else:
+            found[kind, value][section] = task.result()
+    return found, late
+
+
+def note_late(answer: Answer, late: Late) -> None:
+    """Say which sections of which indicator came too late for the answer."""
+    by_value: dict[str, list[str]] = {}
+    for _, value, section in late:
+        by_value.setdefault(value, []).append(section.replace("_", " "))
+    for value, sections in by_value.items():
+        answer.note(
+            f"otx: AlienVault OTX did not answer the {', '.join(sections)} "
+            f"section{'s' if len(sections) > 1 else ''} of {value} in time for the "
+            "query's deadline; left out"
+        )
 
 
 # The mapping part: OTX sections to MISP objects, tags and notes.
@@ -520,7 +568,8 @@ class OTX(ExpansionModule):
         f"answers at a lower rate. Shows at most {MAX_PULSES} pulses and "
         f"{MAX_PASSIVE_DNS} passive DNS records, malware samples and URLs each, "
         "and says in a note how many there were. An unknown indicator or one in "
-        "no pulse is a result, not an error."
+        "no pulse is a result, not an error. Sections other than the pulses "
+        "that answer too late for the deadline are left out with a note."
     )
     Config = OTXConfig
 
@@ -539,7 +588,7 @@ class OTX(ExpansionModule):
         headers = auth_headers(config)
 
         try:
-            found = await fetch_all(ctx, headers, targets)
+            found, late = await fetch_all(ctx, headers, targets)
         except AuthFailed as err:
             if config.apikey is None:
                 raise ConfigError(
@@ -554,6 +603,7 @@ class OTX(ExpansionModule):
             (value, add_indicator(answer, kind, value, found[kind, value], seen))
             for kind, value in targets
         ]
+        note_late(answer, late)
 
         if len(summaries) == 1:
             answer.summary = f"{self.title}: {summaries[0][1]}"

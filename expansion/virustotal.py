@@ -6,7 +6,7 @@ import asyncio
 import base64
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -19,15 +19,17 @@ from modules.context import Context
 from modules.errors import (
     BadResponse,
     ConfigError,
+    DeadlineExceeded,
     Forbidden,
     NotFound,
     RateLimited,
+    UpstreamTimeout,
 )
 from modules.module import ExpansionModule, ModuleConfig, secret, setting
 from modules.objects import ProposedObject
 from modules.observable import Observable
 from modules.results import Answer
-from modules.upstream import Source
+from modules.upstream import Source, Throttled
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,9 @@ GUI_PATHS = {
 }
 # VT's own cap on one page of related objects.
 MAX_LIMIT = 40
+# Relationship calls stop this long before the query's deadline, so the
+# objects already fetched still reach MISP in time.
+ANSWER_MARGIN = 0.5
 # A much-shared sample carries hundreds of names seen in the wild.
 MAX_NAMES = 10
 DNS_RELATIONS = {
@@ -633,7 +638,9 @@ class VirusTotal(ExpansionModule):
         answer.summary = summary(verdicts)
 
         if not ctx.hover and entities and config.event_limit > 0:
-            await self._add_related(client, answer, entities, config.event_limit)
+            await self._add_related(
+                client, answer, entities, config.event_limit, ctx.source
+            )
         return answer
 
     async def _add_related(
@@ -642,6 +649,7 @@ class VirusTotal(ExpansionModule):
         answer: Answer,
         entities: list[Entity],
         limit: int,
+        source: Source,
     ) -> None:
         """Fetch every relationship of the entities at once and link the results."""
         jobs = [
@@ -649,34 +657,94 @@ class VirusTotal(ExpansionModule):
             for entity in entities
             for link in LINKS[entity.target.collection]
         ]
-        pages = await asyncio.gather(
-            *(
+        pages = await within(
+            source.remaining() - ANSWER_MARGIN,
+            [
                 client.related(entity.target.collection, entity.ident, link.name, limit)
                 for entity, link in jobs
-            ),
-            return_exceptions=True,
+            ],
+            lambda: UpstreamTimeout(source.label, "no answer before the deadline"),
         )
 
+        skipped: dict[tuple[str, str], list[str]] = {}
         for (entity, link), page in zip(jobs, pages, strict=True):
-            if isinstance(page, Forbidden):
-                log.debug("relationship %s needs a premium key", link.name)
-                answer.note(
-                    f"{link.label} of {entity.target.shown} skipped: this "
-                    "relationship needs a premium VirusTotal key"
-                )
-            elif isinstance(page, RateLimited):
-                answer.note(
-                    f"{link.label} of {entity.target.shown} skipped: the VirusTotal "
-                    "quota is used up, enrich again later for them"
-                )
-            elif isinstance(page, BaseException):
-                raise page
+            if isinstance(page, BaseException):
+                reason = skip_reason(page, source)
+                if reason is None:
+                    raise page
+                log.debug("skipped relationship %s: %s", link.name, reason)
+                skipped.setdefault((entity.target.shown, reason), []).append(link.label)
+        for (shown, reason), labels in skipped.items():
+            answer.note(skip_note(labels, shown, reason))
         for (entity, link), page in zip(jobs, pages, strict=True):
             if isinstance(page, Page):
                 link_page(answer, entity, link, page)
                 note = truncation_note(entity, link, page, limit)
                 if note:
                     answer.note(note)
+
+
+PREMIUM = "premium"
+TIMED_OUT = "timed out"
+
+
+def skip_reason(error: BaseException, source: Source) -> str | None:
+    """Return why a failed relationship is left out, or None if it fails all."""
+    if isinstance(error, Forbidden):
+        return PREMIUM
+    if isinstance(error, Throttled):
+        return "the VirusTotal quota is used up, enrich again later for them"
+    if isinstance(error, RateLimited):
+        return "the VirusTotal quota is used up, enrich again later for them"
+    if isinstance(error, UpstreamTimeout | DeadlineExceeded):
+        return TIMED_OUT
+    return None
+
+
+def skip_note(labels: list[str], shown: str, reason: str) -> str:
+    """Say which relationships of a target were left out, and why."""
+    what = f"{join_words(labels)} of {shown}"
+    if reason == PREMIUM:
+        needs = "this relationship needs" if len(labels) == 1 else "these need"
+        return f"{what} skipped: {needs} a premium VirusTotal key"
+    if reason == TIMED_OUT:
+        return (
+            f"{what} left out: VirusTotal did not answer in time for the "
+            "query's deadline"
+        )
+    return f"{what} skipped: {reason}"
+
+
+def join_words(words: list[str]) -> str:
+    """Join words as a sentence lists them: "a", "a and b", "a, b and c"."""
+    if len(words) < 3:
+        return " and ".join(words)
+    return ", ".join(words[:-1]) + f" and {words[-1]}"
+
+
+async def within(
+    budget: float,
+    calls: list[Coroutine[Any, Any, Any]],
+    late: Callable[[], BaseException],
+) -> list[Any]:
+    """Await the calls together for `budget` seconds; a late call gets `late()`.
+
+    Each result is a value or the exception its call raised, in call order.
+    """
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    if not tasks:
+        return []
+    try:
+        await asyncio.wait(tasks, timeout=max(0.0, budget))
+    finally:
+        for task in tasks:
+            task.cancel()
+    # Let the cancelled calls unwind (release slots, counters) before answering.
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return [
+        late() if task.cancelled() else (task.exception() or task.result())
+        for task in tasks
+    ]
 
 
 async def _all(calls: Any) -> list[Any]:

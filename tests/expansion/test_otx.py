@@ -828,3 +828,76 @@ async def test_modules_lists_otx(otx: Any) -> None:
         "sha1",
         "sha256",
     }
+
+
+async def test_late_section_is_left_out_and_the_rest_answered(
+    make_client: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install(upstream)
+    # The upstream timeout (10 s) outlasts the deadline: only the budget the
+    # module gives sections beyond general cuts the hanging one short.
+    upstream.add(
+        route("IPv4", IPV4, "passive_dns"),
+        Reply(body=payload("ipv4-passive_dns"), delay=3.0),
+    )
+    monkeypatch.setenv("MISP_ENRICH_OTX_BASE_URL", upstream.url)
+    client = await make_client(deadline=1.5)
+    body = otx_request("enrich-button-domain", type="ip-src", value=IPV4)
+    uuid = body["attribute"]["uuid"]
+
+    answer = await query(client, body)
+
+    assert "error" not in answer
+    assert shapes(answer, uuid) == [
+        item for item in IPV4_OBJECTS if item[0] != "passive-dns"
+    ]
+    assert tags(answer) == IPV4_TAGS
+    assert answer["comment"] == (
+        "otx: AlienVault OTX did not answer the passive dns section of "
+        "198.51.100.7 in time for the query's deadline; left out"
+    )
+    assert paths(upstream) == section_paths("IPv4", IPV4, IPV4_SECTIONS)
+
+
+async def test_sections_past_the_upstream_timeout_are_left_out(
+    make_client: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install(upstream)
+    for section in ("geo", "url_list"):
+        upstream.add(route("domain", DOMAIN, section), Reply(body={}, delay=1.0))
+    monkeypatch.setenv("MISP_ENRICH_OTX_BASE_URL", upstream.url)
+    client = await make_client(upstream_timeout=0.3)
+    body = otx_request("enrich-button-domain", type="domain", value=DOMAIN)
+    uuid = body["attribute"]["uuid"]
+
+    answer = await query(client, body)
+
+    assert [name for name, _, _ in shapes(answer, uuid)] == [
+        "report",
+        "passive-dns",
+        "passive-dns",
+    ]
+    assert answer["comment"] == (
+        "otx: AlienVault OTX did not answer the geo, url list sections of "
+        "example.com in time for the query's deadline; left out"
+    )
+    assert paths(upstream) == section_paths("domain", DOMAIN, HOST_SECTIONS)
+
+
+async def test_late_general_section_is_still_an_error(
+    make_client: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install(upstream)
+    upstream.add(
+        route("IPv4", IPV4, "general"), Reply(body=payload("ipv4-general"), delay=2.0)
+    )
+    monkeypatch.setenv("MISP_ENRICH_OTX_BASE_URL", upstream.url)
+    client = await make_client(deadline=1.0)
+    body = otx_request("enrich-button-domain", type="ip-src", value=IPV4)
+
+    answer = await query(client, body)
+
+    assert answer["results"] == []
+    assert answer["error"].startswith(
+        "AlienVault OTX: timed out: no answer within the 1 s deadline"
+    )

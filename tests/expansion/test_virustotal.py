@@ -854,6 +854,50 @@ async def test_rate_limited_relationship_is_skipped_with_a_note(
     assert shape(answer)[0]["refs"][-1] == ("5:url", "communicates-with")
 
 
+async def test_late_relationship_is_left_out_and_the_rest_answered(
+    make_client: Any, vt: FakeUpstream
+) -> None:
+    # The upstream timeout (10 s) outlasts the deadline: only the budget the
+    # module gives its relationship calls cuts the hanging one short.
+    client = await make_client(deadline=1.5)
+    vt.add(
+        f"GET /domains/{DOMAIN}/siblings",
+        Reply(body=load_payload("virustotal/domain_siblings.json"), delay=3.0),
+    )
+
+    answer = await query(client, attribute_request("domain", DOMAIN))
+
+    assert "error" not in answer
+    assert answer["comment"] == (
+        "sibling domains of example.com left out: VirusTotal did not answer in "
+        "time for the query's deadline; " + SUBDOMAINS_NOTE
+    )
+    assert shape(answer) == [
+        item
+        for item in DOMAIN_SHAPE
+        if ("0:domain-ip", "sibling-of") not in item["refs"]
+    ]
+    assert len(vt.requests) == 7
+
+
+async def test_relationship_past_the_upstream_timeout_is_left_out(
+    make_client: Any, vt: FakeUpstream
+) -> None:
+    client = await make_client(upstream_timeout=0.3)
+    vt.add(f"GET /ip_addresses/{IP}/resolutions", Reply(body={}, delay=1.0))
+
+    answer = await query(client, attribute_request("ip-src", IP))
+
+    assert answer["comment"] == (
+        "resolutions of 198.51.100.7 left out: VirusTotal did not answer in time "
+        "for the query's deadline"
+    )
+    expected = [dict(item) for item in IP_SHAPE]
+    expected[0]["values"] = [("ip", IP)]
+    assert shape(answer) == expected
+    assert paths(vt) == [f"/ip_addresses/{IP}", f"/ip_addresses/{IP}/resolutions"]
+
+
 async def test_failed_relationship_fails_the_query(
     client: Any, vt: FakeUpstream
 ) -> None:
