@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -61,7 +62,11 @@ async def access_and_errors(
         response = await handler(request)
     except web.HTTPException as err:
         text = err.text if err.text and not err.text.startswith("<") else err.reason
-        response = json_response({"error": text}, status=err.status)
+        body: dict[str, Any] = {"error": text}
+        if request.path == "/query":
+            # Whatever reaches /query may be MISP, which reads "results".
+            body["results"] = []
+        response = json_response(body, status=err.status)
     if request.path == "/query":
         _count_query(request, time.perf_counter() - started)
     access_log.info(
@@ -114,9 +119,28 @@ async def post_query(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit:
         return _too_large(request, limit)
     try:
-        raw = await request.read()
+        # MISP sends its body at once; one that trickles would hold a
+        # connection and its memory for ever.
+        async with asyncio.timeout(enricher.settings.deadline):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return _too_large(request, limit)
+    except ConnectionError:
+        # The client went away mid-body: nobody is left to answer.
+        request[OUTCOME] = "client_gone"
+        raise asyncio.CancelledError from None
+    except TimeoutError:
+        request[OUTCOME] = "slow_body"
+        response = json_response(
+            {
+                "error": "the body did not arrive within "
+                f"{enricher.settings.deadline:g} s; send it at once",
+                "results": [],
+            },
+            status=408,
+        )
+        response.force_close()
+        return response
     except RequestPayloadError as err:
         # A body that does not decompress or ends early: MISP never sends one.
         request[OUTCOME] = "bad_body"
@@ -140,6 +164,10 @@ async def post_query(request: web.Request) -> web.Response:
         )
 
     try:
+        if isinstance(body, dict) and isinstance(body.get("module"), str):
+            # Name an unknown module first: no attribute makes it known.
+            request[MODULE] = body["module"]
+            enricher.module(body["module"])
         query = parse_query(body)
         request[MODULE] = query.module
         response = web.Response(
@@ -155,7 +183,7 @@ async def post_query(request: web.Request) -> web.Response:
             loggable(request.get(MODULE)),
             err.outcome,
         )
-        log.debug("query %s failed: %s", request[REQUEST_ID], err)
+        log.debug("query %s failed: %s", request[REQUEST_ID], loggable(str(err), 500))
         return json_response(error_body(err))
     except Exception as err:
         request[OUTCOME] = "internal_error"

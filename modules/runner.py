@@ -84,6 +84,8 @@ class QueryRunner(Protocol):
 
     async def answer(self, query: Query) -> bytes: ...
 
+    def module(self, name: str) -> type[ExpansionModule]: ...
+
     async def close(self) -> None: ...
 
 
@@ -123,6 +125,21 @@ class Enricher:
             await self._session.close()
         await self.engine.close()
 
+    def module(self, name: str) -> type[ExpansionModule]:
+        """Return the module MISP names, or raise UnknownModule."""
+        module = self.registry.get(name)
+        if module is None:
+            if name in self.registry.disabled:
+                raise UnknownModule(
+                    f"module '{name}' is disabled on this server "
+                    "(MISP_ENRICH_DISABLED_MODULES)"
+                )
+            known = ", ".join(sorted(self.registry.modules)) or "none"
+            raise UnknownModule(
+                f"unknown module {shown(name)}; this server has: {known}"
+            )
+        return module
+
     def deadline_for(self, query: Query) -> float:
         if query.short_deadline:
             return self.settings.hover_deadline
@@ -130,17 +147,7 @@ class Enricher:
 
     async def run(self, query: Query) -> dict[str, Any]:
         """Answer a query; every failure becomes a typed EnrichError."""
-        module = self.registry.get(query.module)
-        if module is None:
-            if query.module in self.registry.disabled:
-                raise UnknownModule(
-                    f"module '{query.module}' is disabled on this server "
-                    "(MISP_ENRICH_DISABLED_MODULES)"
-                )
-            known = ", ".join(sorted(self.registry.modules)) or "none"
-            raise UnknownModule(
-                f"unknown module {shown(query.module)}; this server has: {known}"
-            )
+        module = self.module(query.module)
         attribute_type, value, reference_uuid = pick_observable(module, query)
         observable = normalise(attribute_type, value)
         config = module.resolve_config(query.config)

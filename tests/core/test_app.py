@@ -317,6 +317,25 @@ async def test_access_log_has_no_body_config_or_user(
     assert "https://www.example.com/login" not in caplog.text
 
 
+async def test_an_unknown_module_is_named_before_a_missing_attribute(
+    client: Any,
+) -> None:
+    answer = await (await client.post("/query", json={"module": "nosuch"})).json()
+
+    assert answer["results"] == []
+    assert answer["error"].startswith("unknown module 'nosuch'; this server has: ")
+
+
+async def test_wrong_method_on_query_still_carries_results(client: Any) -> None:
+    response = await client.get("/query")
+
+    assert response.status == 405
+    assert await response.json() == {
+        "error": "405: Method Not Allowed",
+        "results": [],
+    }
+
+
 async def test_log_lines_cannot_be_forged_and_keep_indicators_out(
     client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -48,6 +48,7 @@ def server(dns_server: DNSServer, tmp_path: Any) -> Iterator[tuple[str, Any]]:
         "MISP_ENRICH_PORT": str(port),
         "MISP_ENRICH_CACHE": "memory",
         "MISP_ENRICH_DNS_NAMESERVER": dns_server.address,
+        "MISP_ENRICH_DEADLINE": "2",
     }
     log = open(tmp_path / "server.log", "w+", encoding="utf-8")  # noqa: SIM115
     process = subprocess.Popen(
@@ -211,3 +212,50 @@ def test_a_body_that_does_not_decompress_is_a_json_400(server: tuple[str, Any]) 
     assert get(url + "/healthcheck") == {"status": True}
     log.seek(0)
     assert "Traceback" not in log.read()
+
+
+def _start_body(url: str) -> socket.socket:
+    """Open a connection and send headers that promise more body than follows."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(
+        b"POST /query HTTP/1.1\r\nHost: misp\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"module": "dns"'
+    )
+    return sock
+
+
+def test_a_body_that_never_ends_is_answered_at_the_deadline(
+    server: tuple[str, Any],
+) -> None:
+    url, _ = server
+
+    with _start_body(url) as sock:
+        answer = sock.recv(4096).decode()
+
+    assert answer.startswith("HTTP/1.1 408")
+    assert answer.endswith(
+        '{"error":"the body did not arrive within 2 s; send it at once","results":[]}'
+    )
+
+
+def test_a_client_gone_mid_body_leaves_no_traceback(server: tuple[str, Any]) -> None:
+    url, log = server
+
+    for _ in range(3):
+        sock = _start_body(url)
+        # Close with a reset, as a crashed client does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        sock.close()
+    body = {
+        "module": "dns",
+        "event_id": "1",
+        "attribute": {"type": "domain", "value": "example.com", "uuid": None},
+    }
+    answer = post(url + "/query", body)
+
+    assert answer["results"]["Object"][0]["name"] == "dns-record"
+    log.seek(0)
+    text = log.read()
+    assert "Traceback" not in text
+    assert "ERROR" not in text
