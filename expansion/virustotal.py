@@ -695,7 +695,13 @@ def skip_reason(error: BaseException, source: Source) -> str | None:
     if isinstance(error, Throttled):
         return "the VirusTotal quota is used up, enrich again later for them"
     if isinstance(error, RateLimited):
-        return "the VirusTotal quota is used up, enrich again later for them"
+        # Refused before any request left: our limiter, not VirusTotal, said no.
+        declared = ", ".join(rule.text for rule in source.limits) or "its limit"
+        return (
+            f"this server's own rate limit for the VirusTotal key ({declared}) "
+            f"was reached; for a premium key, raise it with "
+            f"{VirusTotal.env_prefix()}RATE_LIMITS"
+        )
     if isinstance(error, UpstreamTimeout | DeadlineExceeded):
         return TIMED_OUT
     return None

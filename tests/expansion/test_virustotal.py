@@ -854,6 +854,34 @@ async def test_rate_limited_relationship_is_skipped_with_a_note(
     assert shape(answer)[0]["refs"][-1] == ("5:url", "communicates-with")
 
 
+async def test_relationships_refused_by_the_local_limit_are_noted_as_ours(
+    client: Any, vt: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The declared public-key limits: 4/minute lets the domain and three of
+    # its six relationships through.
+    monkeypatch.delenv("MISP_ENRICH_VIRUSTOTAL_RATE_LIMITS")
+
+    answer = await query(client, attribute_request("domain", DOMAIN))
+
+    assert "error" not in answer
+    assert answer["comment"] == (
+        "communicating files, downloaded files and referrer files of example.com "
+        "skipped: this server's own rate limit for the VirusTotal key (4/minute, "
+        "500/day) was reached; for a premium key, raise it with "
+        "MISP_ENRICH_VIRUSTOTAL_RATE_LIMITS; " + SUBDOMAINS_NOTE
+    )
+    assert "quota is used up" not in answer["comment"]
+    # The related file came from the refused relationships only.
+    assert shape(answer) == DOMAIN_SHAPE[:-1]
+    assert paths(vt)[0] == f"/domains/{DOMAIN}"
+    assert set(paths(vt)[1:]) == {
+        f"/domains/{DOMAIN}/resolutions",
+        f"/domains/{DOMAIN}/subdomains",
+        f"/domains/{DOMAIN}/siblings",
+    }
+    assert len(vt.requests) == 4
+
+
 async def test_late_relationship_is_left_out_and_the_rest_answered(
     make_client: Any, vt: FakeUpstream
 ) -> None:
