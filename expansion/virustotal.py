@@ -544,9 +544,9 @@ class VirusTotalConfig(ModuleConfig):
     apikey: SecretStr | None = secret("VirusTotal API key (public or premium)")
     event_limit: int = setting(
         5,
-        "how many related objects to include per relationship (0: none)",
+        f"how many related objects to include per relationship (0: none; "
+        f"VirusTotal gives at most {MAX_LIMIT})",
         ge=0,
-        le=MAX_LIMIT,
     )
 
 
@@ -638,9 +638,13 @@ class VirusTotal(ExpansionModule):
         answer.summary = summary(verdicts)
 
         if not ctx.hover and entities and config.event_limit > 0:
-            await self._add_related(
-                client, answer, entities, config.event_limit, ctx.source
-            )
+            limit = min(config.event_limit, MAX_LIMIT)
+            if limit < config.event_limit:
+                answer.note(
+                    f"event_limit {config.event_limit} capped at {MAX_LIMIT}, the "
+                    "most related objects VirusTotal gives per relationship"
+                )
+            await self._add_related(client, answer, entities, limit, ctx.source)
         return answer
 
     async def _add_related(

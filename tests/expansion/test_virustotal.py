@@ -795,6 +795,30 @@ async def test_event_limit_caps_related_objects_and_says_so(
     assert {r.query["limit"] for r in vt.requests[1:]} == {"2"}
 
 
+async def test_event_limit_above_the_page_size_is_capped_with_a_note(
+    client: Any, vt: FakeUpstream
+) -> None:
+    # misp-modules took any number; a MISP carrying 100 over must still work.
+    answer = await query(client, attribute_request("ip-src", IP, event_limit="100"))
+
+    assert "error" not in answer
+    assert shape(answer) == IP_SHAPE
+    assert answer["comment"] == (
+        "event_limit 100 capped at 40, the most related objects VirusTotal gives "
+        "per relationship"
+    )
+    assert [r.query for r in vt.requests] == [{}, {"limit": "40"}]
+
+
+async def test_event_limit_at_the_page_size_has_no_note(
+    client: Any, vt: FakeUpstream
+) -> None:
+    answer = await query(client, attribute_request("ip-src", IP, event_limit="40"))
+
+    assert "comment" not in answer
+    assert [r.query for r in vt.requests] == [{}, {"limit": "40"}]
+
+
 async def test_event_limit_zero_skips_relationships(
     client: Any, vt: FakeUpstream
 ) -> None:
