@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from expansion.otx import OTX
+from modules.registry import discover
 from tests.conftest import misp_request
 from tests.fakes.http import FakeUpstream, Reply
 from tests.fakes.modules.otx import (
@@ -828,6 +830,16 @@ async def test_modules_lists_otx(otx: Any) -> None:
         "sha1",
         "sha256",
     }
+
+
+def test_declares_what_it_answers_and_the_keyless_rate_limit() -> None:
+    module = discover().get("otx")
+
+    assert module is OTX
+    # OTX allows 1,000 calls an hour without a key, 10,000 with one.
+    assert module.rate_limits == ("1000/hour",)
+    # Passive DNS times, coordinates and file sizes included.
+    assert {"datetime", "float", "size-in-bytes"} <= set(module.output_types)
 
 
 async def test_late_section_is_left_out_and_the_rest_answered(
