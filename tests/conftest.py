@@ -32,6 +32,22 @@ def misp_request(name: str) -> dict[str, Any]:
     return load_payload(f"requests/{name}.json")  # type: ignore[no-any-return]
 
 
+# A port where nothing listens: a test that forgets its fake upstream fails
+# at once here instead of reaching a real source over the Internet.
+NOWHERE = "http://127.0.0.1:9"
+
+
+@pytest.fixture(autouse=True)
+def no_real_sources(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point every third-party source, and any proxy, at a closed loopback port."""
+    for module in discover().modules.values():
+        if module.base_url:
+            monkeypatch.setenv(module.env_prefix() + "BASE_URL", NOWHERE)
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(proxy, NOWHERE)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep every test, and every server it starts, off the user's own cache."""
