@@ -69,14 +69,22 @@ def check_category(attribute: dict[str, Any]) -> None:
     )
 
 
-def check_answer(body: dict[str, Any], input_attribute: dict[str, Any]) -> MISPEvent:
-    """Assert a misp_standard answer is one MISP accepts; return it as an event."""
+def check_answer(
+    body: dict[str, Any],
+    input_attribute: dict[str, Any] | None = None,
+    input_object: dict[str, Any] | None = None,
+) -> MISPEvent:
+    """Assert a misp_standard answer is one MISP accepts; return it as an event.
+
+    The enriched attribute or object is in the event too, as in MISP.
+    """
     assert "error" not in body, body.get("error")
     results = body["results"]
     assert isinstance(results, dict)
     objects = results.get("Object", [])
     attributes = results.get("Attribute", [])
-    known_uuids = {input_attribute["uuid"]} | {obj["uuid"] for obj in objects}
+    given = [item for item in (input_attribute, input_object) if item is not None]
+    known_uuids = {item["uuid"] for item in given} | {obj["uuid"] for obj in objects}
     for obj in objects:
         check_object(obj)
         for reference in obj.get("ObjectReference", []):
@@ -95,13 +103,45 @@ def check_answer(body: dict[str, Any], input_attribute: dict[str, Any]) -> MISPE
             {
                 "Event": {
                     "info": "conformance",
-                    "Attribute": [input_attribute, *attributes],
-                    "Object": objects,
+                    "Attribute": [
+                        *([input_attribute] if input_attribute else []),
+                        *attributes,
+                    ],
+                    "Object": [*([input_object] if input_object else []), *objects],
                     "Tag": results.get("Tag", []),
                 }
             }
         )
     )
+    validate_event(json.loads(event.to_json()))
+    return event
+
+
+def check_simplified(body: dict[str, Any]) -> MISPEvent:
+    """Assert a simplified answer is one MISP accepts; return it as an event.
+
+    MISP turns each value into an attribute of the group's first type, in the
+    type's default category unless the group names one.
+    """
+    assert "error" not in body, body.get("error")
+    results = body["results"]
+    assert isinstance(results, list) and results, body
+    types = describe_types()
+    attributes = []
+    for group in results:
+        assert group["types"] and all(t in types["types"] for t in group["types"])
+        assert group["values"], group
+        kind = group["types"][0]
+        categories = group.get("categories") or [
+            types["sane_defaults"][kind]["default_category"]
+        ]
+        for value in group["values"]:
+            assert isinstance(value, str) and value, group
+            attribute = {"type": kind, "value": value, "category": categories[0]}
+            check_category(attribute)
+            attributes.append({**attribute, "comment": group.get("comment", "")})
+    event = MISPEvent()
+    event.load({"Event": {"info": "conformance", "Attribute": attributes}})
     validate_event(json.loads(event.to_json()))
     return event
 

@@ -35,6 +35,8 @@ SAMPLES = {
     "domain|ip": f"{DOMAIN}|{IP}",
     "url": URL,
 }
+# Object enrichment: (object relation, value) pairs of each input object.
+OBJECT_SAMPLES = {"file": [("filename", "invoice.pdf.exe"), ("md5", MD5)]}
 CONFIG = {"apikey": "TEST-KEY"}
 
 # Path under the API root -> payload under tests/payloads/virustotal/.
