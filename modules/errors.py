@@ -131,6 +131,12 @@ class BadResponse(UpstreamError):
     reason = "sent a malformed answer"
 
 
+class Rejected(UpstreamError):
+    """The source refused the request itself (a 4xx other than auth or 404)."""
+
+    reason = "refused the request"
+
+
 class CircuitOpen(UpstreamError):
     """Recent failures make the source skipped until a probe succeeds."""
 

@@ -42,6 +42,9 @@ class ServerSettings(BaseSettings):
     deadline: float = Field(8.0, gt=0, description="seconds for an enrichment")
     hover_deadline: float = Field(4.0, gt=0, description="seconds for a hover")
     max_body: int = Field(64 * 1024 * 1024, gt=0, description="bytes per request")
+    max_upstream_body: int = Field(
+        32 * 1024 * 1024, gt=0, description="bytes per answer from a source"
+    )
     ca_bundle: str | None = None
     upstream_timeout: float = Field(10.0, gt=0, description="seconds per call")
     cache: Literal["sqlite", "memory", "redis", "none"] | None = None

@@ -34,6 +34,7 @@ from modules.errors import (
     Forbidden,
     NotFound,
     RateLimited,
+    Rejected,
     Unavailable,
     UpstreamError,
     UpstreamTimeout,
@@ -47,6 +48,7 @@ USER_AGENT = f"misp-enrich/{__version__}"
 MAX_DETAIL = 200
 OVERLOADED_STATUSES = (502, 503, 504)
 RETRY_CAP = 5.0
+READ_CHUNK = 256 * 1024
 MAX_POLLS = 100
 MIN_SECRET = 8
 # aiohttp's connection errors, in words an administrator acts on.
@@ -164,14 +166,18 @@ def map_status(
     if status in OVERLOADED_STATUSES:
         return Overloaded(source, detail, str(status))
     if status >= 500:
-        return Unavailable(source, detail)
+        return Unavailable(source, f"{detail}; the source is failing, retry later")
     if 300 <= status < 400:
         return BadResponse(
             source,
             f"HTTP {status}: redirected to another address, which is not followed "
             "so the API key stays with the source; check the base URL",
         )
-    return BadResponse(source, f"the request was rejected: {detail}")
+    return Rejected(
+        source,
+        f"{detail}; the value may be one the source does not accept, or the "
+        "base URL points at another API",
+    )
 
 
 class Source:
@@ -514,7 +520,7 @@ class Source:
                 # A redirect could carry the key header to another host.
                 allow_redirects=False,
             ) as response:
-                body = await response.read()
+                body = await self._read(response)
                 self.answered(str(response.status))
                 error = map_status(
                     self.label,
@@ -526,7 +532,9 @@ class Source:
         except TimeoutError:
             self.answered("timeout")
             raise UpstreamTimeout(
-                self.label, f"no answer within {timeout:.1f} s"
+                self.label,
+                f"no answer within {timeout:.1f} s; the source is slow or down, "
+                "retry later",
             ) from None
         except aiohttp.ClientError as err:
             self.answered("connection_error")
@@ -538,11 +546,39 @@ class Source:
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise BadResponse(self.label, "the answer is not valid JSON") from None
+            raise BadResponse(
+                self.label,
+                "the answer is not valid JSON; the source may be failing, or "
+                f"{self.module.env_prefix()}BASE_URL may point at something else",
+            ) from None
+
+    async def _read(self, response: aiohttp.ClientResponse) -> bytes:
+        """Read an answer's body, refusing one larger than the configured cap."""
+        cap = self.engine.settings.max_upstream_body
+        if response.content_length is not None and response.content_length > cap:
+            raise self._too_large(cap)
+        body = bytearray()
+        async for chunk in response.content.iter_chunked(READ_CHUNK):
+            body += chunk
+            if len(body) > cap:
+                raise self._too_large(cap)
+        return bytes(body)
+
+    def _too_large(self, cap: int) -> BadResponse:
+        self.answered("too_large")
+        return BadResponse(
+            self.label,
+            f"the answer is larger than {cap} bytes; raise "
+            "MISP_ENRICH_MAX_UPSTREAM_BODY if the source really sends that much",
+        )
 
     def _connection_error(self, err: aiohttp.ClientError) -> Unavailable:
         """Name a connection failure; a dropped connection is worth a retry."""
-        host = urlsplit(self.base_url or "").netloc
+        # Only host and port: a base URL may carry a proxy user's password.
+        parts = urlsplit(self.base_url or "")
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
         reason = CONNECT_REASONS.get(type(err).__name__, type(err).__name__)
         detail = self.scrub(
             f"cannot connect to {host} ({reason}); check the network, HTTPS_PROXY "

@@ -180,11 +180,13 @@ async def test_a_source_slower_than_its_timeout_counts(
     answers = [await ask(client, query_body(d)) for d in DOMAINS[:4]]
 
     assert [a["error"] for a in answers[:3]] == [
-        "Lookup: timed out: no answer within 0.1 s"
+        "Lookup: timed out: no answer within 0.1 s; the source is slow or down, "
+        "retry later"
     ] * 3
     assert answers[3]["error"].startswith(
         "Lookup: temporarily disabled after repeated failures: last failure: "
-        "timed out: no answer within 0.1 s; next probe in"
+        "timed out: no answer within 0.1 s; the source is slow or down, retry "
+        "later; next probe in"
     )
     assert len(upstream.calls()) == 3
 

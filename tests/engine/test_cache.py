@@ -101,7 +101,8 @@ async def test_not_found_is_cached_and_errors_are_not(
     assert unknown[1]["comment"] == "unknown.example is unknown to the source"
     assert len(upstream.calls("/v1/domains/broken.example")) == 2
     assert broken[1] == {
-        "error": "Lookup: unavailable: HTTP 500 (boom)",
+        "error": "Lookup: unavailable: HTTP 500 (boom); the source is failing, "
+        "retry later",
         "results": [],
     }
 

@@ -247,3 +247,48 @@ async def test_a_miss_that_raced_a_finished_call_does_not_call_again(
     values = [a["value"] for a in first["results"]["Object"][0]["Attribute"]]
     assert [a["value"] for a in second["results"]["Object"][0]["Attribute"]] == values
     assert len(upstream.calls("/v1/domains/example.com")) == 1
+
+
+async def test_an_answer_over_the_size_cap_is_refused(
+    serve: Any, upstream: FakeUpstream
+) -> None:
+    upstream.add("GET /v1/domains/big.example", Reply(raw=b"[" + b"1," * 600 + b"1]"))
+    client = await serve(lookup_module(upstream.url), max_upstream_body=1000)
+
+    answer = await ask(client, query_body("big.example"))
+
+    assert answer == {
+        "error": "Lookup: sent a malformed answer: the answer is larger than 1000 "
+        "bytes; raise MISP_ENRICH_MAX_UPSTREAM_BODY if the source really sends "
+        "that much",
+        "results": [],
+    }
+
+
+async def test_a_refused_request_is_not_called_malformed(
+    serve: Any, upstream: FakeUpstream
+) -> None:
+    upstream.add(
+        "GET /v1/domains/odd.example",
+        Reply(status=400, body={"error": {"message": "invalid domain"}}),
+    )
+    client = await serve(lookup_module(upstream.url))
+
+    answer = await ask(client, query_body("odd.example"))
+
+    assert answer["error"] == (
+        "Lookup: refused the request: HTTP 400 (invalid domain); the value may be "
+        "one the source does not accept, or the base URL points at another API"
+    )
+
+
+async def test_a_password_in_the_base_url_stays_out_of_errors(serve: Any) -> None:
+    # Port 9 on loopback: nothing listens, so the connection is refused.
+    module = lookup_module("http://proxyuser:proxypass@127.0.0.1:9")
+    client = await serve(module)
+
+    answer = await ask(client, query_body("a.example"))
+
+    assert "proxypass" not in answer["error"]
+    assert "proxyuser" not in answer["error"]
+    assert "cannot connect to 127.0.0.1:9 " in answer["error"]

@@ -744,7 +744,9 @@ INVALID_KEY = payload("invalid-key")
         (
             "general",
             Reply(raw=b"not json"),
-            "AlienVault OTX: sent a malformed answer: the answer is not valid JSON",
+            "AlienVault OTX: sent a malformed answer: the answer is not valid JSON; "
+            "the source may be failing, or MISP_ENRICH_OTX_BASE_URL may point at "
+            "something else",
         ),
         (
             "geo",
@@ -786,7 +788,8 @@ async def test_timeout(
     answer = await query(client, body)
 
     assert answer == {
-        "error": "AlienVault OTX: timed out: no answer within 0.3 s",
+        "error": "AlienVault OTX: timed out: no answer within 0.3 s; the source is "
+        "slow or down, retry later",
         "results": [],
     }
 

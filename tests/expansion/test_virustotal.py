@@ -958,7 +958,8 @@ async def test_failed_relationship_fails_the_query(
     answer = await query(client, attribute_request("domain", DOMAIN))
 
     assert answer == {
-        "error": "VirusTotal: unavailable: HTTP 500 (boom)",
+        "error": "VirusTotal: unavailable: HTTP 500 (boom); the source is "
+        "failing, retry later",
         "results": [],
     }
 
@@ -1071,7 +1072,7 @@ ERRORS = [
     ),
     pytest.param(
         Reply(500, raw=b"<html>Internal Server Error</html>"),
-        "VirusTotal: unavailable: HTTP 500",
+        "VirusTotal: unavailable: HTTP 500; the source is failing, retry later",
         id="500",
     ),
     pytest.param(
@@ -1081,7 +1082,9 @@ ERRORS = [
     ),
     pytest.param(
         Reply(raw=b"not json"),
-        "VirusTotal: sent a malformed answer: the answer is not valid JSON",
+        "VirusTotal: sent a malformed answer: the answer is not valid JSON; the "
+        "source may be failing, or MISP_ENRICH_VIRUSTOTAL_BASE_URL may point at "
+        "something else",
         id="malformed-json",
     ),
     pytest.param(
@@ -1114,7 +1117,8 @@ async def test_timeout(make_client: Any, vt: FakeUpstream) -> None:
     answer = await query(client, attribute_request("ip-src", IP))
 
     assert answer == {
-        "error": "VirusTotal: timed out: no answer within 0.3 s",
+        "error": "VirusTotal: timed out: no answer within 0.3 s; the source is slow "
+        "or down, retry later",
         "results": [],
     }
 
