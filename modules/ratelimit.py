@@ -6,6 +6,7 @@ import asyncio
 import logging
 import math
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -63,6 +64,11 @@ def make_storage(link: RedisLink | None) -> Storage:
     )
 
 
+def setting_for(name: str) -> str:
+    """Return the environment variable that sets a module's rate limits."""
+    return "MISP_ENRICH_" + re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_RATE_LIMITS"
+
+
 class Limiter:
     """Hand out call slots; wait for one if the deadline allows, else refuse.
 
@@ -109,7 +115,10 @@ class Limiter:
             if wait > remaining() - self.margin:
                 self.metrics.ratelimit_refusals.labels(name).inc()
                 raise RateLimited(
-                    label, f"next slot in {math.ceil(wait)} s ({rule.text})", wait
+                    label,
+                    f"next slot in {math.ceil(wait)} s ({rule.text}); this is the "
+                    f"server's own limit for the key, set in {setting_for(name)}",
+                    wait,
                 )
             self.metrics.ratelimit_waits.labels(name).inc()
             self.metrics.ratelimit_wait_seconds.labels(name).observe(wait)

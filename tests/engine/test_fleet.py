@@ -220,7 +220,10 @@ async def test_two_processes_share_rate_limits(
 
     errors = [a.get("error") for a in answers]
     assert errors[:3] == [None, None, None], answers
-    refused = re.compile(r"^DNS: rate limited: next slot in \d+ s \(3/minute\)$")
+    refused = re.compile(
+        r"^DNS: rate limited: next slot in \d+ s \(3/minute\); this is the "
+        r"server's own limit for the key, set in MISP_ENRICH_DNS_RATE_LIMITS$"
+    )
     assert all(e is not None and refused.match(e) for e in errors[3:]), errors
     assert len(dns_server.queries) == 3
 
@@ -317,11 +320,14 @@ async def test_rate_limits_count_in_process_while_redis_is_away(
     assert "Object" in before["results"]
     assert "Object" in during[0]["results"]
     assert during[1]["error"].endswith(
-        "(1/minute, counted in this process while Redis is unreachable)"
+        "(1/minute, counted in this process while Redis is unreachable); this is "
+        "the server's own limit for the key, set in MISP_ENRICH_LIMITED_RATE_LIMITS"
     )
     assert "Object" in after[0]["results"]
     assert re.match(
-        r"^Limited: rate limited: next slot in \d+ s \(1/minute\)$", after[1]["error"]
+        r"^Limited: rate limited: next slot in \d+ s \(1/minute\); this is the "
+        r"server's own limit for the key, set in MISP_ENRICH_LIMITED_RATE_LIMITS$",
+        after[1]["error"],
     )
     assert len(upstream.calls()) == 3
     assert len(messages(caplog, "rate limits: Redis is unreachable")) == 1

@@ -13,7 +13,10 @@ from tests.engine.conftest import ask, lookup_module, query_body
 from tests.fakes.http import FakeUpstream
 
 DOMAINS = [f"site{i}.example" for i in range(6)]
-REFUSED = re.compile(r"^Lookup: rate limited: next slot in \d+ s \(1/minute\)$")
+REFUSED = re.compile(
+    r"^Lookup: rate limited: next slot in \d+ s \(1/minute\); this is the server's "
+    r"own limit for the key, set in MISP_ENRICH_LOOKUP_RATE_LIMITS$"
+)
 
 
 def route_all(upstream: FakeUpstream) -> None:
@@ -163,7 +166,8 @@ async def test_without_redis_each_process_takes_its_share_of_the_limit(
     here = f"{share} of them" if fleet_size > 1 else "counted"
     assert re.match(
         rf"^Lookup: rate limited: next slot in \d+ s \(4/minute, {here} in this "
-        r"process while Redis is unreachable\)$",
+        r"process while Redis is unreachable\); this is the server's own limit for "
+        r"the key, set in MISP_ENRICH_LOOKUP_RATE_LIMITS$",
         answers[share]["error"],
     ), answers[share]["error"]
     assert len(upstream.calls()) == share
