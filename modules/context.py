@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from modules.results import Answer
 from modules.upstream import Source
@@ -17,7 +17,9 @@ class Context:
     hover: bool
     event_id: str | None = None
     data: str | None = None
+    # The enriched value and its parts, which MISP already holds.
+    enriched: frozenset[str] = field(default_factory=frozenset)
 
     def answer(self) -> Answer:
         """Return an empty answer whose objects reference the enriched item."""
-        return Answer(self.reference_uuid)
+        return Answer(self.reference_uuid, self.enriched)

@@ -17,6 +17,7 @@ from modules.objects import ProposedObject
 from modules.observable import HASH_LENGTHS, normalise_hash, normalise_host
 
 log = logging.getLogger(__name__)
+ARPA = (".in-addr.arpa", ".ip6.arpa")
 NUMERIC_TYPES = frozenset({"counter", "float", "size-in-bytes", "integer", "port"})
 
 
@@ -35,8 +36,11 @@ def dumps(body: Any, *, indent: bool = False) -> bytes:
 class Answer:
     """The objects and attributes one enrichment produces."""
 
-    def __init__(self, reference_uuid: str | None) -> None:
+    def __init__(
+        self, reference_uuid: str | None, enriched: frozenset[str] = frozenset()
+    ) -> None:
         self.reference_uuid = reference_uuid
+        self.enriched = enriched
         self.objects: list[ProposedObject] = []
         self.attributes: list[dict[str, Any]] = []
         self.tags: list[str] = []
@@ -136,6 +140,8 @@ class Answer:
             groups[("text", "summary")] = [self.summary]
         for obj in self.objects:
             for attribute in obj.attributes:
+                if self._known_to_misp(attribute.type, attribute.value):
+                    continue
                 key = (attribute.type, f"{obj.name}: {attribute.object_relation}")
                 values = groups.setdefault(key, [])
                 if str(attribute.value) not in values:
@@ -154,6 +160,16 @@ class Answer:
         if comment:
             body["comment"] = comment
         return body
+
+    def _known_to_misp(self, kind: str, value: Any) -> bool:
+        """Tell whether a simplified value only repeats what MISP holds.
+
+        Simplified answers become standalone attributes: the enriched value
+        would come back as a duplicate, and reverse-DNS names as domains.
+        """
+        if str(value) in self.enriched:
+            return True
+        return kind in ("domain", "hostname") and str(value).endswith(ARPA)
 
     def _valid_objects(self) -> list[dict[str, Any]]:
         """Return the objects as dicts, leaving out any MISP would refuse."""

@@ -157,7 +157,14 @@ class Enricher:
         source = Source(
             self.engine, self.session, module, config, loop.time() + seconds
         )
-        ctx = Context(source, reference_uuid, query.hover, query.event_id, query.data)
+        ctx = Context(
+            source,
+            reference_uuid,
+            query.hover,
+            query.event_id,
+            query.data,
+            frozenset((observable.value, *observable.parts.values())),
+        )
         instance = self._instances.get(module.name)
         if instance is None:
             instance = self._instances[module.name] = module()

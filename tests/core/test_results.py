@@ -196,3 +196,21 @@ def test_datetime_values_are_read_as_pymisp_reads_them() -> None:
     assert [(a["object_relation"], a["value"]) for a in obj["Attribute"]][1:] == [
         ("first-submission", datetime(2024, 6, 1))
     ]
+
+
+def test_simplified_answers_leave_out_what_misp_holds() -> None:
+    answer = Answer(INPUT, frozenset({"192.0.2.10"}))
+    answer.add_object(
+        "dns-record",
+        {"queried-domain": "10.2.0.192.in-addr.arpa", "ptr-record": "a.example"},
+    )
+    answer.add_object("domain-ip", {"domain": "b.example", "ip": "192.0.2.10"})
+
+    assert answer.to_simplified()["results"] == [
+        {
+            "types": ["domain"],
+            "values": ["a.example"],
+            "comment": "dns-record: ptr-record",
+        },
+        {"types": ["domain"], "values": ["b.example"], "comment": "domain-ip: domain"},
+    ]

@@ -241,4 +241,8 @@ async def test_dns_failures_never_open_a_breaker(
     assert failed["error"].startswith(
         "DNS: unavailable: the nameserver refused or failed"
     )
-    assert later["results"][1]["values"] == ["10.2.0.192.in-addr.arpa"]
+    assert later["results"][1] == {
+        "types": ["domain"],
+        "values": ["www.example.com"],
+        "comment": "dns-record: ptr-record",
+    }

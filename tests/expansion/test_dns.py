@@ -85,11 +85,7 @@ async def test_simplified_request_gets_simplified_answer(
             "values": ["www.example.com: A 192.0.2.10, 192.0.2.11 | AAAA 2001:db8::10"],
             "comment": "summary",
         },
-        {
-            "types": ["domain"],
-            "values": ["www.example.com"],
-            "comment": "dns-record: queried-domain",
-        },
+        # The enriched name itself is not proposed again.
         {
             "types": ["ip-dst"],
             "values": ["192.0.2.10", "192.0.2.11"],
