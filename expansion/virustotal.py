@@ -18,11 +18,14 @@ from pydantic import SecretStr
 from modules.context import Context
 from modules.errors import (
     BadResponse,
+    CircuitOpen,
     ConfigError,
     DeadlineExceeded,
     Forbidden,
     NotFound,
     RateLimited,
+    Rejected,
+    Unavailable,
     UpstreamTimeout,
 )
 from modules.module import ExpansionModule, ModuleConfig, secret, setting
@@ -147,7 +150,7 @@ class VirusTotalClient:
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, list):
             raise BadResponse(
-                self._source.label, f"the {relationship} answer has no data list"
+                self._source.label, "the answer has no data list of related objects"
             )
         return data
 
@@ -604,8 +607,10 @@ class VirusTotal(ExpansionModule):
         "DNS records, whois and ASN. Related objects (contacted domains and IPs, "
         "in-the-wild URLs, resolutions, subdomains, siblings, communicating, "
         "downloaded and referrer files) are fetched concurrently, up to event_limit "
-        "each; relationships a public key may not read are skipped with a note. "
-        "Hover answers a one-line verdict without the relationship calls."
+        "each; relationships a public key may not read are skipped with a note, "
+        "and so is one that fails or answers malformed: only the entity's own "
+        "lookup, or a refused key, fails the query. Hover answers a one-line "
+        "verdict without the relationship calls."
     )
     Config = VirusTotalConfig
     base_url = "https://www.virustotal.com/api/v3"
@@ -670,16 +675,16 @@ class VirusTotal(ExpansionModule):
             lambda: UpstreamTimeout(source.label, "no answer before the deadline"),
         )
 
-        skipped: dict[tuple[str, str], list[str]] = {}
+        skipped: dict[tuple[str, Skip], list[str]] = {}
         for (entity, link), page in zip(jobs, pages, strict=True):
             if isinstance(page, BaseException):
-                reason = skip_reason(page, source)
-                if reason is None:
+                skip = skip_reason(page, source)
+                if skip is None:
                     raise page
-                log.debug("skipped relationship %s: %s", link.name, reason)
-                skipped.setdefault((entity.target.shown, reason), []).append(link.label)
-        for (shown, reason), labels in skipped.items():
-            answer.note(skip_note(labels, shown, reason))
+                log.debug("left out relationship %s: %s", link.name, skip.reason)
+                skipped.setdefault((entity.target.shown, skip), []).append(link.label)
+        for (shown, skip), labels in skipped.items():
+            answer.note(skip_note(labels, shown, skip))
         for (entity, link), page in zip(jobs, pages, strict=True):
             if isinstance(page, Page):
                 link_page(answer, entity, link, page)
@@ -688,41 +693,54 @@ class VirusTotal(ExpansionModule):
                     answer.note(note)
 
 
-PREMIUM = "premium"
-TIMED_OUT = "timed out"
+@dataclass(frozen=True)
+class Skip:
+    """Why relationships were left out, in the words of their note."""
+
+    verb: str
+    reason: str
 
 
-def skip_reason(error: BaseException, source: Source) -> str | None:
+PREMIUM = Skip("skipped", "premium")
+TIMED_OUT = Skip(
+    "left out", "VirusTotal did not answer in time for the query's deadline"
+)
+# The entity's own report came through: a relationship that fails this way
+# costs only its related objects. A refused key (AuthFailed) fails them all.
+FAILING = (BadResponse, Unavailable, Rejected, CircuitOpen)
+
+
+def skip_reason(error: BaseException, source: Source) -> Skip | None:
     """Return why a failed relationship is left out, or None if it fails all."""
     if isinstance(error, Forbidden):
         return PREMIUM
     if isinstance(error, Throttled):
-        return "the VirusTotal quota is used up, enrich again later for them"
+        return Skip(
+            "skipped", "the VirusTotal quota is used up, enrich again later for them"
+        )
     if isinstance(error, RateLimited):
         # Refused before any request left: our limiter, not VirusTotal, said no.
         declared = ", ".join(rule.text for rule in source.limits) or "its limit"
-        return (
+        return Skip(
+            "skipped",
             f"this server's own rate limit for the VirusTotal key ({declared}) "
             f"was reached; for a premium key, raise it with "
-            f"{VirusTotal.env_prefix()}RATE_LIMITS"
+            f"{VirusTotal.env_prefix()}RATE_LIMITS",
         )
     if isinstance(error, UpstreamTimeout | DeadlineExceeded):
         return TIMED_OUT
+    if isinstance(error, FAILING):
+        return Skip("left out", error.message)
     return None
 
 
-def skip_note(labels: list[str], shown: str, reason: str) -> str:
+def skip_note(labels: list[str], shown: str, skip: Skip) -> str:
     """Say which relationships of a target were left out, and why."""
     what = f"{join_words(labels)} of {shown}"
-    if reason == PREMIUM:
+    if skip == PREMIUM:
         needs = "this relationship needs" if len(labels) == 1 else "these need"
         return f"{what} skipped: {needs} a premium VirusTotal key"
-    if reason == TIMED_OUT:
-        return (
-            f"{what} left out: VirusTotal did not answer in time for the "
-            "query's deadline"
-        )
-    return f"{what} skipped: {reason}"
+    return f"{what} {skip.verb}: {skip.reason}"
 
 
 def join_words(words: list[str]) -> str:

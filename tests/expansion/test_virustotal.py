@@ -950,18 +950,163 @@ async def test_relationship_past_the_upstream_timeout_is_left_out(
     assert paths(vt) == [f"/ip_addresses/{IP}", f"/ip_addresses/{IP}/resolutions"]
 
 
-async def test_failed_relationship_fails_the_query(
+WITHOUT_SIBLINGS = [
+    item for item in DOMAIN_SHAPE if ("0:domain-ip", "sibling-of") not in item["refs"]
+]
+BROKEN_RELATIONSHIPS = [
+    pytest.param(
+        [Reply(raw=b"<html>upstream error</html>")],
+        1,
+        "VirusTotal: sent a malformed answer: the answer is not valid JSON; the "
+        "source may be failing, or MISP_ENRICH_VIRUSTOTAL_BASE_URL may point at "
+        "something else",
+        id="not-json",
+    ),
+    pytest.param(
+        [Reply(body={"meta": {"count": 2}, "links": {}})],
+        1,
+        "VirusTotal: sent a malformed answer: the answer has no data list of "
+        "related objects",
+        id="no-data-list",
+    ),
+    pytest.param(
+        [Reply(body={"data": {"type": "domain", "id": "example.net"}})],
+        1,
+        "VirusTotal: sent a malformed answer: the answer has no data list of "
+        "related objects",
+        id="data-not-a-list",
+    ),
+    pytest.param(
+        [Reply(500, {"error": "boom"})],
+        1,
+        "VirusTotal: unavailable: HTTP 500 (boom); the source is failing, retry later",
+        id="500",
+    ),
+    # Retried twice (MISP_ENRICH_RETRIES), then given up.
+    pytest.param(
+        [Reply(503, {"error": {"code": "TransientError", "message": "Please retry"}})],
+        3,
+        "VirusTotal: unavailable: HTTP 503 (TransientError: Please retry)",
+        id="503-after-retries",
+    ),
+    pytest.param(
+        [Reply(400, {"error": {"code": "BadRequestError", "message": "Bad cursor"}})],
+        1,
+        "VirusTotal: refused the request: HTTP 400 (BadRequestError: Bad cursor); "
+        "the value may be one the source does not accept, or the base URL points "
+        "at another API",
+        id="400",
+    ),
+]
+
+
+@pytest.mark.parametrize(("replies", "calls", "reason"), BROKEN_RELATIONSHIPS)
+async def test_broken_relationship_is_left_out_and_the_rest_answered(
+    make_client: Any, vt: FakeUpstream, replies: list[Reply], calls: int, reason: str
+) -> None:
+    client = await make_client(retry_backoff=0.0)
+    vt.sequence(f"GET /domains/{DOMAIN}/siblings", replies)
+
+    answer = await query(client, attribute_request("domain", DOMAIN))
+
+    assert "error" not in answer
+    assert answer["comment"] == (
+        f"sibling domains of example.com left out: {reason}; " + SUBDOMAINS_NOTE
+    )
+    assert shape(answer) == WITHOUT_SIBLINGS
+    assert paths(vt).count(f"/domains/{DOMAIN}/siblings") == calls
+    assert paths(vt)[0] == f"/domains/{DOMAIN}"
+    assert set(paths(vt)[1:]) == DOMAIN_RELATIONSHIPS
+    assert len(vt.requests) == 6 + calls
+
+
+async def test_relationships_broken_alike_share_one_note(
     client: Any, vt: FakeUpstream
 ) -> None:
-    vt.add(f"GET /domains/{DOMAIN}/siblings", Reply(500, {"error": "boom"}))
+    for name in ("contacted_domains", "itw_urls"):
+        vt.add(f"GET /files/{SHA256}/{name}", Reply(body={"data": None}))
+
+    answer = await query(client, attribute_request("sha256", SHA256))
+
+    assert "error" not in answer
+    assert answer["comment"] == (
+        f"contacted domains and in-the-wild URLs of {SHA256} left out: VirusTotal: "
+        "sent a malformed answer: the answer has no data list of related objects"
+    )
+    # The file, its report, the contacted IPs and the contacted URL remain.
+    assert shape(answer) == [
+        obj(
+            "file",
+            FILE_VALUES,
+            [
+                ("input", "describes"),
+                ("1:virustotal-report", "analysed-with"),
+                ("2:domain-ip", "communicates-with"),
+                ("3:url", "communicates-with"),
+            ],
+        ),
+        FILE_SHAPE[1],
+        *shifted(FILE_SHAPE[4:], -2),
+    ]
+    assert len(vt.requests) == 5
+
+
+async def test_broken_relationship_of_one_half_keeps_the_other(
+    client: Any, vt: FakeUpstream
+) -> None:
+    vt.add(f"GET /ip_addresses/{IP}/resolutions", Reply(raw=b"not json"))
+
+    answer = await query(client, attribute_request("domain|ip", f"{DOMAIN}|{IP}"))
+
+    assert "error" not in answer
+    assert answer["comment"] == (
+        "resolutions of 198.51.100.7 left out: VirusTotal: sent a malformed "
+        "answer: the answer is not valid JSON; the source may be failing, or "
+        "MISP_ENRICH_VIRUSTOTAL_BASE_URL may point at something else; "
+        + SUBDOMAINS_NOTE
+    )
+    without_resolutions = [dict(item) for item in DOMAIN_IP_SHAPE]
+    without_resolutions[4]["values"] = [("ip", IP)]
+    assert shape(answer) == without_resolutions
+    assert len(vt.requests) == 2 + len(DOMAIN_RELATIONSHIPS) + len(IP_RELATIONSHIPS)
+
+
+async def test_broken_relationship_is_asked_again_next_time(
+    client: Any, vt: FakeUpstream
+) -> None:
+    good = vt.routes[f"GET /domains/{DOMAIN}/siblings"]
+    vt.sequence(f"GET /domains/{DOMAIN}/siblings", [Reply(body={"data": "oops"}), good])
+
+    first = await query(client, attribute_request("domain", DOMAIN))
+    second = await query(client, attribute_request("domain", DOMAIN))
+
+    assert shape(first) == WITHOUT_SIBLINGS
+    assert shape(second) == DOMAIN_SHAPE
+    assert second["comment"] == SUBDOMAINS_NOTE
+    # The report and the sound relationships came from the cache.
+    assert len(vt.requests) == 8
+    assert paths(vt).count(f"/domains/{DOMAIN}/siblings") == 2
+
+
+async def test_refused_key_on_a_relationship_fails_the_query(
+    client: Any, vt: FakeUpstream
+) -> None:
+    vt.add(
+        f"GET /domains/{DOMAIN}/siblings",
+        Reply(
+            401,
+            {"error": {"code": "WrongCredentialsError", "message": "Wrong API key"}},
+        ),
+    )
 
     answer = await query(client, attribute_request("domain", DOMAIN))
 
     assert answer == {
-        "error": "VirusTotal: unavailable: HTTP 500 (boom); the source is "
-        "failing, retry later",
+        "error": "VirusTotal: the API key was refused: HTTP 401 "
+        "(WrongCredentialsError: Wrong API key); check the module's apikey setting",
         "results": [],
     }
+    assert len(vt.requests) == 7
 
 
 async def test_unknown_relationship_answer_is_empty(
