@@ -97,9 +97,13 @@ def normalise_ip(value: str) -> str:
     # it is no part of the indicator.
     text = text.partition("%")[0] if ":" in text else text
     try:
-        return ipaddress.ip_address(text).compressed
+        address = ipaddress.ip_address(text)
     except ValueError:
         raise InvalidValue(f"{shown(value)} is not a valid IP address") from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        # Written as people and sources write it, not as ::ffff:c000:201.
+        return f"::ffff:{address.ipv4_mapped}"
+    return address.compressed
 
 
 def normalise_host(value: str) -> str:
@@ -117,10 +121,23 @@ def normalise_host(value: str) -> str:
         except idna.IDNAError:
             raise InvalidValue(f"{shown(value)} is not a valid domain name") from None
     ascii_name = ascii_name.lower()
+    if _is_ip(ascii_name):
+        raise InvalidValue(
+            f"{shown(value)} is an IP address, not a domain name; enrich it as "
+            "ip-dst or ip-src"
+        )
     labels = ascii_name.split(".")
     if len(ascii_name) > 253 or not all(_LABEL.match(label) for label in labels):
         raise InvalidValue(f"{shown(value)} is not a valid domain name")
     return ascii_name
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def normalise_port(value: str) -> str:

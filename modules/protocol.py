@@ -127,6 +127,10 @@ def _config(raw: dict[str, Any] | None) -> dict[str, str | None]:
     for key, value in raw.items():
         if isinstance(value, bool):
             value = "1" if value else "0"
+        if isinstance(value, list | dict):
+            # Never echoed: the value may be a key pasted in the wrong shape.
+            kind = "list" if isinstance(value, list) else "object"
+            raise BadRequest(f"the setting '{key}' must be a string, not a {kind}")
         values[str(key)] = None if value is None or value == "" else _text(value)
     return values
 

@@ -9,6 +9,7 @@ from modules.observable import normalise, refang
 
 VALID = [
     # type, value as sent, normalised value, parts
+    ("ip-dst", "::FFFF:192.0.2.1", "::ffff:192.0.2.1", {"ip": "::ffff:192.0.2.1"}),
     ("domain", "Example.COM", "example.com", {"domain": "example.com"}),
     ("domain", "example.com.", "example.com", {"domain": "example.com"}),
     (
@@ -155,6 +156,8 @@ VALID = [
 ]
 
 INVALID = [
+    ("domain", "192.0.2.1", "'192.0.2.1' is an IP address, not a domain name"),
+    ("hostname", "2001:db8::1", "'2001:db8::1' is an IP address, not a domain"),
     ("ip-src", "999.1.1.1", "'999.1.1.1' is not a valid IP address"),
     ("ip-dst", "example.com", "'example.com' is not a valid IP address"),
     ("domain", "bad domain", "'bad domain' is not a valid domain name"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from modules.errors import BadRequest
@@ -155,3 +157,17 @@ def test_bad_bodies(body: object, message: str) -> None:
         parse_query(body)
 
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [(["K-1"], "list"), ({"k": "K-1"}, "object")]
+)
+def test_a_setting_of_the_wrong_shape_is_refused_unechoed(
+    value: Any, kind: str
+) -> None:
+    body = {"module": "virustotal", "sha256": "a" * 64, "config": {"apikey": value}}
+
+    with pytest.raises(BadRequest) as caught:
+        parse_query(body)
+
+    assert str(caught.value) == f"the setting 'apikey' must be a string, not a {kind}"
