@@ -43,6 +43,7 @@ RELATIONS = {
     "PTR": "ptr-record",
 }
 QUERY_TIMEOUT = 3.0
+NAMESERVER_CONCURRENCY = 256
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
@@ -115,14 +116,15 @@ class DNS(ExpansionModule):
     cache_ttl = 3600
     not_found_ttl = 300
     # Seven questions per name, each a datagram: a high cap keeps names
-    # flowing while still bounding the sockets open at once.
-    concurrency = 256
+    # flowing while still bounding the questions in flight at once.
+    concurrency = 1024
     # A lame delegation or a dead resolver a query names fails that query
     # alone; it says nothing about the next name or nameserver.
     uses_breaker = False
 
     def __init__(self) -> None:
         self._clients: dict[str | None, list[NameserverClient]] = {}
+        self._gates: dict[str | None, asyncio.Semaphore] = {}
 
     def clients(self, nameserver: str | None) -> list[NameserverClient]:
         """Return clients for the nameserver, or for the system's, in order."""
@@ -149,6 +151,17 @@ class DNS(ExpansionModule):
         self, ctx: Context, nameserver: str | None, name: str, rdtype: str
     ) -> Reply:
         """Return a reply, trying the system's nameservers in turn."""
+        # Each nameserver waits in a queue of its own: a dead one that a
+        # query names must not hold up the questions for the others.
+        gate = self._gates.get(nameserver)
+        if gate is None:
+            gate = self._gates[nameserver] = asyncio.Semaphore(NAMESERVER_CONCURRENCY)
+        async with gate:
+            return await self._ask(ctx, nameserver, name, rdtype)
+
+    async def _ask(
+        self, ctx: Context, nameserver: str | None, name: str, rdtype: str
+    ) -> Reply:
         clients = self.clients(nameserver)
         if not clients:
             raise Unavailable(self.title, "the system has no nameserver configured")

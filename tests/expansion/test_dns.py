@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from typing import Any
 
@@ -11,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from expansion.dns import parse_nameserver, spf_addresses
 from tests.conformance import check_answer
 from tests.conftest import misp_request
-from tests.fakes.dns import DNSServer
+from tests.fakes.dns import DNSServer, Zone
 
 
 def relations(obj: dict[str, Any]) -> dict[str, list[str]]:
@@ -412,3 +413,25 @@ async def test_a_refused_connection_is_counted(client: Any) -> None:
     await query(client, body)
 
     assert await dns_statuses(client) == {"connection_error": 1.0}
+
+
+async def test_a_dead_nameserver_holds_up_no_other(
+    make_client: Any, dns_env: DNSServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One name's seven questions fill the dead nameserver's queue; they would
+    # wait past the deadline, so a shared queue would fail the second query.
+    monkeypatch.setattr("expansion.dns.NAMESERVER_CONCURRENCY", 7)
+    client = await make_client(deadline=2)
+    dead = DNSServer(Zone(mode="drop")).start()
+    try:
+        stuck = standard("domain", "www.example.com")
+        stuck["config"] = {"nameserver": dead.address}
+        answers = await asyncio.gather(
+            query(client, stuck),
+            query(client, standard("domain", "www.example.com")),
+        )
+    finally:
+        dead.stop()
+
+    assert answers[0]["error"].startswith("DNS: timed out")
+    assert answers[1]["results"]["Object"][0]["name"] == "dns-record"
