@@ -114,7 +114,9 @@ def policy_problems(registry: Registry) -> list[str]:
     problems = []
     for module in registry.modules.values():
         try:
-            parse_limits(module.name, source_policy(module).rate_limits)
+            policy = source_policy(module)
+            parse_limits(module.name, policy.rate_limits)
+            parse_limits(module.name, policy.keyless_rate_limits or ())
             # Server-side defaults alone: a bad one would fail every query.
             module.resolve_config({})
         except EnrichError as err:

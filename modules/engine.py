@@ -101,17 +101,22 @@ class Engine:
             probe_seconds=max(settings.deadline, settings.hover_deadline) + 1,
         )
         self._semaphores: dict[str, asyncio.Semaphore] = {}
-        self._policies: dict[str, tuple[SourcePolicy, tuple[Limit, ...]]] = {}
+        self._policies: dict[
+            tuple[str, bool], tuple[SourcePolicy, tuple[Limit, ...]]
+        ] = {}
 
     def policy(
-        self, module: type[ExpansionModule]
+        self, module: type[ExpansionModule], keyless: bool = False
     ) -> tuple[SourcePolicy, tuple[Limit, ...]]:
         """Return the module's cache lifetimes, limits and cap, read once."""
-        found = self._policies.get(module.name)
+        found = self._policies.get((module.name, keyless))
         if found is None:
             policy = source_policy(module)
-            found = (policy, parse_limits(module.name, policy.rate_limits))
-            self._policies[module.name] = found
+            rules = policy.rate_limits
+            if keyless and policy.keyless_rate_limits is not None:
+                rules = policy.keyless_rate_limits
+            found = (policy, parse_limits(module.name, rules))
+            self._policies[(module.name, keyless)] = found
         return found
 
     def semaphore(self, source: str, size: int) -> asyncio.Semaphore:

@@ -58,6 +58,8 @@ class ExpansionModule:
     cache_ttl: ClassVar[int] = 3600
     not_found_ttl: ClassVar[int] = 600
     rate_limits: ClassVar[tuple[str, ...]] = ()
+    # Limits for calls without an API key, where the source allows fewer.
+    keyless_rate_limits: ClassVar[tuple[str, ...] | None] = None
     concurrency: ClassVar[int] = 8
     # False where failures belong to one indicator, not to the source (DNS).
     uses_breaker: ClassVar[bool] = True

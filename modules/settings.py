@@ -110,6 +110,7 @@ class SourcePolicy:
     not_found_ttl: float
     rate_limits: tuple[str, ...]
     concurrency: int
+    keyless_rate_limits: tuple[str, ...] | None = None
 
 
 def parse_duration(text: str) -> float:
@@ -139,6 +140,9 @@ def source_policy(module: type[ExpansionModule]) -> SourcePolicy:
         )
         limits = _override(prefix + "RATE_LIMITS", split_limits, module.rate_limits)
         concurrency = _override(prefix + "CONCURRENCY", _positive, module.concurrency)
+        keyless = module.keyless_rate_limits
+        if keyless is not None:
+            keyless = _override(prefix + "KEYLESS_RATE_LIMITS", split_limits, keyless)
     except ValueError as err:
         raise ConfigError(f"{module.name}: {err}") from err
     return SourcePolicy(
@@ -146,6 +150,7 @@ def source_policy(module: type[ExpansionModule]) -> SourcePolicy:
         not_found_ttl=min(not_found_ttl, cache_ttl),
         rate_limits=tuple(limits),
         concurrency=concurrency,
+        keyless_rate_limits=None if keyless is None else tuple(keyless),
     )
 
 

@@ -199,7 +199,7 @@ class Source:
         self.base_url = module.resolved_base_url()
         self.identity = key_identity(config)
         self.deadline = deadline
-        self.policy, self.limits = engine.policy(module)
+        self.policy, self.limits = engine.policy(module, self.identity == "-")
         # Keys too short to be real would scrub ordinary words and numbers
         # ("HTTP 40***" gives a key of "1" away); they are not scrubbed.
         self._secrets = [v for v in secret_values(config) if len(v) >= MIN_SECRET]

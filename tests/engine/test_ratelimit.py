@@ -101,6 +101,32 @@ async def test_limits_are_counted_per_api_key(
     assert len(upstream.calls()) == 2
 
 
+@pytest.mark.parametrize(
+    ("keyless_env", "keyless_allowed"), [(None, 1), ("2/minute", 2)]
+)
+async def test_calls_without_a_key_get_the_keyless_limits(
+    serve: Any,
+    upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    keyless_env: str | None,
+    keyless_allowed: int,
+) -> None:
+    route_all(upstream)
+    if keyless_env:
+        monkeypatch.setenv("MISP_ENRICH_LOOKUP_KEYLESS_RATE_LIMITS", keyless_env)
+    module = lookup_module(
+        upstream.url, rate_limits=("3/minute",), keyless_rate_limits=("1/minute",)
+    )
+    client = await serve(module)
+
+    keyless = [await ask(client, query_body(d, key="")) for d in DOMAINS[:3]]
+    keyed = [await ask(client, query_body(d, key="key-of-team-a")) for d in DOMAINS[:3]]
+
+    assert ["error" in a for a in keyless] == [i >= keyless_allowed for i in range(3)]
+    assert not any("error" in a for a in keyed)
+    assert len(upstream.calls()) == keyless_allowed + 3
+
+
 async def test_deployment_can_set_limits(
     serve: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
