@@ -148,12 +148,15 @@ def warn_about_deadlines(settings: ServerSettings) -> None:
 
 def cmd_modules(args: argparse.Namespace, settings: ServerSettings) -> int:
     registry = load_registry(settings)
-    rows = [("NAME", "TYPES", "HOVER", "CONFIG")]
+    rows = [("NAME", "TYPES", "HOVER", "SETTINGS")]
     for module in registry.modules.values():
         rows.append(
             (
                 module.name,
-                ", ".join(module.input_types + module.input_objects),
+                ", ".join(
+                    module.input_types
+                    + tuple(f"object {name}" for name in module.input_objects)
+                ),
                 "yes" if "hover" in module.module_types else "no",
                 ", ".join(module.config_keys()) or "-",
             )

@@ -18,7 +18,7 @@ def test_modules_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["modules"]) == 0
 
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["NAME", "TYPES", "HOVER", "CONFIG"]
+    assert lines[0].split() == ["NAME", "TYPES", "HOVER", "SETTINGS"]
     dns = next(line for line in lines if line.startswith("dns "))
     assert "hostname, domain, domain|ip, ip-src, ip-dst" in dns
     assert dns.split()[-2:] == ["yes", "nameserver"]
