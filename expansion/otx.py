@@ -6,6 +6,8 @@ import asyncio
 import ipaddress
 import logging
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -86,6 +88,117 @@ def auth_headers(config: OTXConfig) -> dict[str, str]:
     return {"X-OTX-API-KEY": config.apikey.get_secret_value()}
 
 
+def is_count(value: Any) -> bool:
+    """Tell whether a value is an integer (JSON true is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_objects(value: Any) -> bool:
+    """Tell whether a value is a list of JSON objects."""
+    return isinstance(value, list) and all(isinstance(item, dict) for item in value)
+
+
+def is_object(value: Any) -> bool:
+    """Tell whether a value is a JSON object."""
+    return isinstance(value, dict)
+
+
+def is_object_or_null(value: Any) -> bool:
+    """Tell whether a value is a JSON object or null."""
+    return value is None or isinstance(value, dict)
+
+
+def is_text_or_null(value: Any) -> bool:
+    """Tell whether a value is a string or null."""
+    return value is None or isinstance(value, str)
+
+
+def is_number_or_null(value: Any) -> bool:
+    """Tell whether a value is a number or null."""
+    return value is None or (
+        isinstance(value, int | float) and not isinstance(value, bool)
+    )
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A key OTX documents in a section, and what its value is."""
+
+    # Dotted for a nested key; a parent's rule comes before its children's,
+    # and the children of a null parent are not looked at.
+    path: str
+    check: Callable[[Any], bool]
+    wanted: str
+    required: bool = True
+
+
+GEO_TEXT = (
+    "asn",
+    "city",
+    "region",
+    "subdivision",
+    "country_code",
+    "country_name",
+    "postal_code",
+)
+GEO_NUMBERS = ("latitude", "longitude", "accuracy_radius")
+# What OTX documents for the keys the mapping reads. Any other shape is a
+# malformed answer, never "no data": read as empty, it would tell the analyst
+# that OTX knows nothing of the indicator.
+SHAPES: dict[str, tuple[Rule, ...]] = {
+    "general": (
+        Rule("pulse_info", is_object, "an object"),
+        Rule("pulse_info.count", is_count, "an integer"),
+        Rule("pulse_info.pulses", is_objects, "a list of objects"),
+    ),
+    "passive_dns": (
+        Rule("passive_dns", is_objects, "a list of objects"),
+        Rule("count", is_count, "an integer"),
+    ),
+    "malware": (
+        Rule("data", is_objects, "a list of objects"),
+        Rule("count", is_count, "an integer"),
+    ),
+    "url_list": (
+        Rule("url_list", is_objects, "a list of objects"),
+        Rule("full_size", is_count, "an integer"),
+    ),
+    "geo": (
+        *(Rule(key, is_text_or_null, "text or null", False) for key in GEO_TEXT),
+        *(
+            Rule(key, is_number_or_null, "a number or null", False)
+            for key in GEO_NUMBERS
+        ),
+    ),
+    "reputation": (Rule("reputation", is_object_or_null, "an object or null"),),
+    "analysis": (
+        Rule("analysis", is_object_or_null, "an object or null"),
+        Rule("analysis.info", is_object_or_null, "an object or null", False),
+        Rule("analysis.info.results", is_object_or_null, "an object or null", False),
+    ),
+}
+
+
+def shape_problem(section: str, data: Any) -> str | None:
+    """Say how a section differs from what OTX documents, or None if it does not."""
+    if not isinstance(data, dict):
+        return f"the {section} section is not an object"
+    for rule in SHAPES.get(section, ()):
+        *parents, key = rule.path.split(".")
+        holder: Any = data
+        for parent in parents:
+            holder = holder.get(parent) if isinstance(holder, dict) else None
+        if not isinstance(holder, dict):
+            continue
+        if key not in holder:
+            if rule.required:
+                return f"the {section} section has no {rule.path}"
+            continue
+        if not rule.check(holder[key]):
+            return f"the {section} section's {rule.path} is not {rule.wanted}"
+    return None
+
+
 async def fetch_section(
     ctx: Context, headers: dict[str, str], kind: str, value: str, section: str
 ) -> dict[str, Any] | None:
@@ -95,10 +208,9 @@ async def fetch_section(
     params = {"limit": str(limit)} if limit else None
 
     def validate(data: Any) -> None:
-        if not isinstance(data, dict):
-            raise BadResponse(
-                ctx.source.label, f"the {section} section is not an object"
-            )
+        problem = shape_problem(section, data)
+        if problem is not None:
+            raise BadResponse(ctx.source.label, problem)
 
     try:
         data = await ctx.source.get_json(
@@ -115,16 +227,19 @@ async def fetch_section(
 
 
 Found = dict[tuple[str, str], dict[str, dict[str, Any] | None]]
-Late = list[tuple[str, str, str]]
+# A section left out of the answer, and the malformed answer that left it
+# out (None: it came too late for the deadline).
+LeftOut = list[tuple[str, str, str, BadResponse | None]]
 
 
 async def fetch_all(
     ctx: Context, headers: dict[str, str], targets: list[tuple[str, str]]
-) -> tuple[Found, Late]:
+) -> tuple[Found, LeftOut]:
     """Fetch every section of every indicator at once; raise the first failure.
 
     The general sections (the pulses) may take until the query's deadline;
-    the others until shortly before it, and those late are returned apart.
+    the others until shortly before it. Those late or malformed are returned
+    apart, to be left out: the pulses are the answer, the rest adds to it.
     """
     calls = [
         (kind, value, section)
@@ -151,26 +266,32 @@ async def fetch_all(
             task.cancel()
 
     found: Found = {target: {} for target in targets}
-    late: Late = []
+    left_out: LeftOut = []
     for (kind, value, section), task in zip(calls, tasks, strict=True):
         error = None if task.cancelled() else task.exception()
         if section != "general" and (
             task.cancelled() or isinstance(error, UpstreamTimeout | DeadlineExceeded)
         ):
-            late.append((kind, value, section))
+            left_out.append((kind, value, section, None))
+        elif section != "general" and isinstance(error, BadResponse):
+            left_out.append((kind, value, section, error))
         elif error is not None:
             raise error
         else:
             found[kind, value][section] = task.result()
-    return found, late
+    return found, left_out
 
 
-def note_late(answer: Answer, late: Late) -> None:
-    """Say which sections of which indicator came too late for the answer."""
-    by_value: dict[str, list[str]] = {}
-    for _, value, section in late:
-        by_value.setdefault(value, []).append(section.replace("_", " "))
-    for value, sections in by_value.items():
+def note_left_out(answer: Answer, left_out: LeftOut) -> None:
+    """Say which sections of which indicator the answer leaves out, and why."""
+    late: dict[str, list[str]] = {}
+    for _, value, section, error in left_out:
+        name = section.replace("_", " ")
+        if error is None:
+            late.setdefault(value, []).append(name)
+        else:
+            answer.note(f"otx: the {name} section of {value} left out: {error}")
+    for value, sections in late.items():
         answer.note(
             f"otx: AlienVault OTX did not answer the {', '.join(sections)} "
             f"section{'s' if len(sections) > 1 else ''} of {value} in time for the "
@@ -301,13 +422,10 @@ def add_pulses(
     answer: Answer, value: str, general: dict[str, Any], seen: set[str]
 ) -> str:
     """Add the pulses that mention the indicator; return a summary of them."""
-    info = general.get("pulse_info") or {}
-    pulses = [
-        pulse
-        for pulse in info.get("pulses") or []
-        if isinstance(pulse, dict) and (pulse.get("id") or pulse.get("name"))
-    ]
-    total = max(as_int(info.get("count")), len(pulses))
+    # fetch_section checked the shape: pulse_info holds a count and pulses.
+    info = general["pulse_info"]
+    pulses = [pulse for pulse in info["pulses"] if pulse.get("id") or pulse.get("name")]
+    total = max(info["count"], len(pulses))
     if not total:
         answer.note(f"otx: {value} is in no AlienVault OTX pulse")
         return "in no pulses"
@@ -401,7 +519,8 @@ def add_malware(answer: Answer, kind: str, value: str, data: dict[str, Any]) -> 
     shown = samples[:MAX_MALWARE]
     for sample in shown:
         digest = str(sample["hash"]).lower()
-        detections = sample.get("detections") or {}
+        detections = sample.get("detections")
+        detections = detections if isinstance(detections, dict) else {}
         parts = [f"seen {sample['date']}"] if sample.get("date") else []
         parts += [f"{engine}: {name}" for engine, name in detections.items() if name]
         answer.add_object(
@@ -430,7 +549,9 @@ def add_urls(answer: Answer, kind: str, value: str, data: dict[str, Any]) -> Non
     ]
     shown = entries[:MAX_URLS]
     for entry in shown:
-        worker = (entry.get("result") or {}).get("urlworker") or {}
+        result = entry.get("result")
+        worker = result.get("urlworker") if isinstance(result, dict) else None
+        worker = worker if isinstance(worker, dict) else {}
         code = worker.get("http_code") or entry.get("httpcode")
         seen = [f"seen {entry['date']}" if entry.get("date") else ""]
         seen.append(f"HTTP {code}" if code else "")
@@ -571,8 +692,10 @@ class OTX(ExpansionModule):
         f"answers at a lower rate. Shows at most {MAX_PULSES} pulses and "
         f"{MAX_PASSIVE_DNS} passive DNS records, malware samples and URLs each, "
         "and says in a note how many there were. An unknown indicator or one in "
-        "no pulse is a result, not an error. Sections other than the pulses "
-        "that answer too late for the deadline are left out with a note. Rate "
+        "no pulse is a result, not an error; a general section of another shape "
+        "than OTX documents is a malformed answer. Sections other than the "
+        "pulses that answer malformed or too late for the deadline are left out "
+        "with a note. Rate "
         "limited to 1,000 calls an hour, what OTX allows without a key; with a "
         "key OTX allows 10,000 (MISP_ENRICH_OTX_RATE_LIMITS=10000/hour)."
     )
@@ -596,7 +719,7 @@ class OTX(ExpansionModule):
         headers = auth_headers(config)
 
         try:
-            found, late = await fetch_all(ctx, headers, targets)
+            found, left_out = await fetch_all(ctx, headers, targets)
         except AuthFailed as err:
             if config.apikey is None:
                 raise ConfigError(
@@ -611,7 +734,7 @@ class OTX(ExpansionModule):
             (value, add_indicator(answer, kind, value, found[kind, value], seen))
             for kind, value in targets
         ]
-        note_late(answer, late)
+        note_left_out(answer, left_out)
 
         if len(summaries) == 1:
             answer.summary = f"{self.title}: {summaries[0][1]}"

@@ -671,6 +671,341 @@ async def test_long_sections_are_capped_with_a_note(
     )
 
 
+async def test_bare_empty_pulse_info_is_no_pulses(
+    otx: Any, upstream: FakeUpstream
+) -> None:
+    upstream.add(
+        route("IPv4", IPV4, "general"),
+        {"indicator": IPV4, "pulse_info": {"count": 0, "pulses": []}},
+    )
+
+    answer = await query(otx, otx_request("hover-ip"))
+
+    assert answer["results"]["Attribute"][0]["value"] == (
+        "AlienVault OTX: in no pulses"
+    )
+    assert answer["comment"] == "otx: 198.51.100.7 is in no AlienVault OTX pulse"
+
+
+def with_pulse_info(**pulse_info: Any) -> dict[str, Any]:
+    """Return the IPv4 general section with its pulse_info changed."""
+    general = payload("ipv4-general")
+    general["pulse_info"].update(pulse_info)
+    return general
+
+
+def without(key: str) -> dict[str, Any]:
+    general = payload("ipv4-general")
+    del general[key]
+    return general
+
+
+MALFORMED = "AlienVault OTX: sent a malformed answer: "
+MALFORMED_GENERAL = [
+    pytest.param(
+        {**payload("ipv4-general"), "pulse_info": []},
+        "the general section's pulse_info is not an object",
+        id="pulse_info-a-list",
+    ),
+    pytest.param(
+        {**payload("ipv4-general"), "pulse_info": None},
+        "the general section's pulse_info is not an object",
+        id="pulse_info-null",
+    ),
+    pytest.param(
+        without("pulse_info"),
+        "the general section has no pulse_info",
+        id="no-pulse_info",
+    ),
+    pytest.param(
+        with_pulse_info(count="many", pulses=None),
+        "the general section's pulse_info.count is not an integer",
+        id="count-text-pulses-null",
+    ),
+    pytest.param(
+        with_pulse_info(count=True),
+        "the general section's pulse_info.count is not an integer",
+        id="count-boolean",
+    ),
+    pytest.param(
+        with_pulse_info(pulses=None),
+        "the general section's pulse_info.pulses is not a list of objects",
+        id="pulses-null",
+    ),
+    pytest.param(
+        with_pulse_info(pulses={"id": "65a1b2c3d4e5f60718293a4b"}),
+        "the general section's pulse_info.pulses is not a list of objects",
+        id="pulses-an-object",
+    ),
+    pytest.param(
+        with_pulse_info(pulses=["Example C2 infrastructure"]),
+        "the general section's pulse_info.pulses is not a list of objects",
+        id="pulse-a-string",
+    ),
+    pytest.param(
+        {"pulse_info": {"pulses": []}},
+        "the general section has no pulse_info.count",
+        id="no-count",
+    ),
+]
+
+
+@pytest.mark.parametrize(("general", "problem"), MALFORMED_GENERAL)
+async def test_malformed_general_section_is_an_error(
+    otx: Any, upstream: FakeUpstream, general: dict[str, Any], problem: str
+) -> None:
+    upstream.add(route("IPv4", IPV4, "general"), general)
+    body = otx_request("enrich-button-domain", type="ip-src", value=IPV4)
+
+    answer = await query(otx, body)
+
+    assert answer == {"error": MALFORMED + problem, "results": []}
+    # Each section asked once: a malformed answer is not worth a retry.
+    assert paths(upstream) == section_paths("IPv4", IPV4, IPV4_SECTIONS)
+
+
+async def test_malformed_general_section_on_hover_is_an_error(
+    otx: Any, upstream: FakeUpstream
+) -> None:
+    upstream.add(
+        route("IPv4", IPV4, "general"), with_pulse_info(count="many", pulses=None)
+    )
+
+    answer = await query(otx, otx_request("hover-ip"))
+
+    assert answer == {
+        "error": MALFORMED + "the general section's pulse_info.count is not an integer",
+        "results": [],
+    }
+    assert paths(upstream) == [f"/indicators/IPv4/{IPV4}/general"]
+
+
+async def test_malformed_general_section_is_not_cached(
+    otx: Any, upstream: FakeUpstream
+) -> None:
+    upstream.sequence(
+        route("IPv4", IPV4, "general"),
+        [Reply(body={"pulse_info": []}), Reply(body=payload("ipv4-general"))],
+    )
+
+    body = otx_request("hover-ip")
+
+    first = await query(otx, body)
+    second = await query(otx, body)
+
+    assert first["error"].startswith(MALFORMED)
+    assert shapes(second, body["attribute"]["uuid"]) == [C2_PULSE, SCAN_PULSE]
+    assert len(upstream.requests) == 2
+
+
+# The objects each IPv4 section adds, by name.
+SECTION_OBJECTS = {
+    "reputation": {"annotation"},
+    "geo": {"geolocation", "asn"},
+    "malware": {"file"},
+    "url_list": {"url"},
+    "passive_dns": {"passive-dns"},
+}
+MALFORMED_SECTIONS = [
+    pytest.param(
+        "passive_dns",
+        Reply(body={"passive_dns": None, "count": 2}),
+        "the passive_dns section's passive_dns is not a list of objects",
+        id="passive_dns-null",
+    ),
+    pytest.param(
+        "passive_dns",
+        Reply(body={"passive_dns": ["old.example.net"], "count": 1}),
+        "the passive_dns section's passive_dns is not a list of objects",
+        id="passive_dns-strings",
+    ),
+    pytest.param(
+        "passive_dns",
+        Reply(body={"passive_dns": [], "count": "many"}),
+        "the passive_dns section's count is not an integer",
+        id="passive_dns-count-text",
+    ),
+    pytest.param(
+        "malware",
+        Reply(body={"count": 2}),
+        "the malware section has no data",
+        id="malware-no-data",
+    ),
+    pytest.param(
+        "url_list",
+        Reply(body={"url_list": {"url": "http://198.51.100.7/"}, "full_size": 1}),
+        "the url_list section's url_list is not a list of objects",
+        id="url_list-an-object",
+    ),
+    pytest.param(
+        "url_list",
+        Reply(body={"url_list": []}),
+        "the url_list section has no full_size",
+        id="url_list-no-full_size",
+    ),
+    pytest.param(
+        "geo",
+        Reply(body=["not", "an", "object"]),
+        "the geo section is not an object",
+        id="geo-not-an-object",
+    ),
+    pytest.param(
+        "geo",
+        Reply(body={**payload("ipv4-geo"), "latitude": "39.8N"}),
+        "the geo section's latitude is not a number or null",
+        id="geo-latitude-text",
+    ),
+    pytest.param(
+        "reputation",
+        Reply(body={"reputation": [5]}),
+        "the reputation section's reputation is not an object or null",
+        id="reputation-a-list",
+    ),
+    pytest.param(
+        "reputation",
+        Reply(body={}),
+        "the reputation section has no reputation",
+        id="reputation-missing",
+    ),
+    pytest.param(
+        "malware",
+        Reply(raw=b"<html>Bad Gateway</html>"),
+        "the answer is not valid JSON; the source may be failing, or "
+        "MISP_ENRICH_OTX_BASE_URL may point at something else",
+        id="malware-not-json",
+    ),
+]
+
+
+@pytest.mark.parametrize(("section", "reply", "problem"), MALFORMED_SECTIONS)
+async def test_malformed_section_is_left_out_with_a_note(
+    otx: Any, upstream: FakeUpstream, section: str, reply: Reply, problem: str
+) -> None:
+    upstream.add(route("IPv4", IPV4, section), reply)
+    body = otx_request("enrich-button-domain", type="ip-src", value=IPV4)
+
+    answer = await query(otx, body)
+
+    assert "error" not in answer
+    assert shapes(answer, body["attribute"]["uuid"]) == [
+        item for item in IPV4_OBJECTS if item[0] not in SECTION_OBJECTS[section]
+    ]
+    assert tags(answer) == IPV4_TAGS
+    name = section.replace("_", " ")
+    assert answer["comment"] == (
+        f"otx: the {name} section of {IPV4} left out: {MALFORMED}{problem}"
+    )
+    assert paths(upstream) == section_paths("IPv4", IPV4, IPV4_SECTIONS)
+
+
+@pytest.mark.parametrize(
+    ("analysis", "problem"),
+    [
+        ({"malware": {}, "page_type": "PEXE"}, "has no analysis"),
+        ({"analysis": "pending"}, "'s analysis is not an object or null"),
+        ({"analysis": {"info": []}}, "'s analysis.info is not an object or null"),
+        (
+            {"analysis": {"info": {"results": "none"}}},
+            "'s analysis.info.results is not an object or null",
+        ),
+    ],
+    ids=["missing", "text", "info-a-list", "results-text"],
+)
+async def test_malformed_file_analysis_is_left_out_with_a_note(
+    otx: Any, upstream: FakeUpstream, analysis: dict[str, Any], problem: str
+) -> None:
+    upstream.add(route("file", SHA256, "analysis"), analysis)
+    body = otx_request("background-sha256", value=SHA256)
+
+    answer = await query(otx, body)
+
+    assert "error" not in answer
+    assert shapes(answer, body["attribute"]["uuid"]) == FILE_OBJECTS[:1]
+    separator = "" if problem.startswith("'") else " "
+    assert answer["comment"] == (
+        f"otx: the analysis section of {SHA256} left out: {MALFORMED}the "
+        f"analysis section{separator}{problem}"
+    )
+    assert paths(upstream) == section_paths("file", SHA256, ("general", "analysis"))
+
+
+async def test_malformed_and_late_sections_are_noted_apart(
+    make_client: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install(upstream)
+    upstream.add(route("domain", DOMAIN, "geo"), Reply(body={}, delay=1.0))
+    upstream.add(route("domain", DOMAIN, "url_list"), {"url_list": None})
+    monkeypatch.setenv("MISP_ENRICH_OTX_BASE_URL", upstream.url)
+    client = await make_client(upstream_timeout=0.3)
+    body = otx_request("enrich-button-domain", type="domain", value=DOMAIN)
+
+    answer = await query(client, body)
+
+    assert [name for name, _, _ in shapes(answer, body["attribute"]["uuid"])] == [
+        "report",
+        "passive-dns",
+        "passive-dns",
+    ]
+    assert answer["comment"] == (
+        "otx: the url list section of example.com left out: AlienVault OTX: sent "
+        "a malformed answer: the url_list section's url_list is not a list of "
+        "objects; otx: AlienVault OTX did not answer the geo section of "
+        "example.com in time for the query's deadline; left out"
+    )
+    assert paths(upstream) == section_paths("domain", DOMAIN, HOST_SECTIONS)
+
+
+async def test_malformed_section_is_asked_again_next_time(
+    otx: Any, upstream: FakeUpstream
+) -> None:
+    upstream.sequence(
+        route("IPv4", IPV4, "geo"),
+        [Reply(body={"latitude": "north"}), Reply(body=payload("ipv4-geo"))],
+    )
+    body = otx_request("enrich-button-domain", type="ip-src", value=IPV4)
+
+    first = await query(otx, body)
+    second = await query(otx, body)
+
+    uuid = body["attribute"]["uuid"]
+    assert "geolocation" not in [name for name, _, _ in shapes(first, uuid)]
+    assert shapes(second, uuid) == IPV4_OBJECTS
+    assert "comment" not in second
+    # The sound sections came from the cache; only geo was asked twice.
+    assert len(upstream.requests) == len(IPV4_SECTIONS) + 1
+    assert [r.path for r in upstream.requests].count(
+        f"/indicators/IPv4/{IPV4}/geo"
+    ) == 2
+
+
+async def test_odd_entries_inside_a_sound_section_are_read_safely(
+    otx: Any, upstream: FakeUpstream
+) -> None:
+    malware = payload("ipv4-malware")
+    malware["data"][0]["detections"] = ["clamav"]
+    upstream.add(route("IPv4", IPV4, "malware"), malware)
+    urls = payload("ipv4-url_list")
+    urls["url_list"][0]["result"] = "queued"
+    upstream.add(route("IPv4", IPV4, "url_list"), urls)
+    body = otx_request("enrich-button-domain", type="ip-src", value=IPV4)
+
+    answer = await query(otx, body)
+
+    assert "error" not in answer
+    comments = [obj.get("comment", "") for obj in answer["results"]["Object"]]
+    expected = list(IPV4_COMMENTS)
+    expected[5] = "seen 2024-05-29T16:26:40"
+    assert comments == expected
+    objects = shapes(answer, body["attribute"]["uuid"])
+    # Without the worker's result, the URL has no IP; httpcode still counts.
+    assert objects[7] == (
+        "url",
+        {"url": ["http://198.51.100.7/gate.php"]},
+        "hosted-by",
+    )
+    assert objects[:7] + objects[8:] == IPV4_OBJECTS[:7] + IPV4_OBJECTS[8:]
+
+
 async def test_keyless_use_sends_no_key(otx: Any, upstream: FakeUpstream) -> None:
     body = otx_request("missing-api-key")
     body["config"] = {"apikey": ""}
@@ -749,9 +1084,10 @@ INVALID_KEY = payload("invalid-key")
             "something else",
         ),
         (
-            "geo",
+            "general",
             Reply(body=["not", "an", "object"]),
-            "AlienVault OTX: sent a malformed answer: the geo section is not an object",
+            "AlienVault OTX: sent a malformed answer: the general section is not an "
+            "object",
         ),
     ],
     ids=[
