@@ -203,24 +203,37 @@ class DNS(ExpansionModule):
         raise failure
 
     async def lookup(
-        self, ctx: Context, nameserver: str | None, name: str, rdtype: str
+        self, ctx: Context, nameserver: str | None, name: str, rdtypes: tuple[str, ...]
     ) -> dict[str, Any]:
-        """Return {"records": [...]} or {"nxdomain": True}, through the cache."""
+        """Return {"records": {type: [...]}} or {"nxdomain": True}, through the cache.
+
+        The types of one name are one cache entry: they are asked together,
+        and one entry costs one cache read where a fleet shares Redis.
+        """
 
         async def call() -> tuple[dict[str, Any], float | None]:
-            reply = await self.ask(ctx, nameserver, name, rdtype)
-            if reply.rcode == NXDOMAIN:
-                return {"nxdomain": True}, ctx.source.policy.not_found_ttl
-            found = find_records(reply, name, RDTYPES[rdtype])
-            if not found:
-                return {"records": []}, ctx.source.policy.not_found_ttl
-            if rdtype == "MX":
-                records = [host for _, host in sorted(r.value for r in found)]
-            else:
-                records = sorted(str(r.value) for r in found)
-            return {"records": records}, min(r.ttl for r in found)
+            replies = await asyncio.gather(
+                *(self.ask(ctx, nameserver, name, rdtype) for rdtype in rdtypes)
+            )
+            not_found_ttl = ctx.source.policy.not_found_ttl
+            if any(reply.rcode == NXDOMAIN for reply in replies):
+                return {"nxdomain": True}, not_found_ttl
+            records: dict[str, list[str]] = {}
+            ttls: list[int] = []
+            for rdtype, reply in zip(rdtypes, replies, strict=True):
+                found = find_records(reply, name, RDTYPES[rdtype])
+                ttls.extend(r.ttl for r in found)
+                if rdtype == "MX":
+                    records[rdtype] = [
+                        host for _, host in sorted(r.value for r in found)
+                    ]
+                else:
+                    records[rdtype] = sorted(str(r.value) for r in found)
+            # A name with no records at all is kept as long as "not found".
+            return {"records": records}, min(ttls) if ttls else not_found_ttl
 
-        return await ctx.source.fetch(rdtype, f"{nameserver}|{name}", call)  # type: ignore[no-any-return]
+        endpoint = ",".join(rdtypes)
+        return await ctx.source.fetch(endpoint, f"{nameserver}|{name}", call)  # type: ignore[no-any-return]
 
     async def enrich(
         self, observable: Observable, config: DNSConfig, ctx: Context
@@ -247,18 +260,16 @@ class DNS(ExpansionModule):
         answer: Answer,
         summary: list[str],
     ) -> None:
-        results = await asyncio.gather(
-            *(self.lookup(ctx, nameserver, host, rdtype) for rdtype in NAME_RECORDS)
-        )
-        if any(result.get("nxdomain") for result in results):
+        result = await self.lookup(ctx, nameserver, host, NAME_RECORDS)
+        if result.get("nxdomain"):
             summary.append(f"{host}: no such domain (NXDOMAIN)")
             answer.note(f"{host} does not exist (NXDOMAIN)")
             return
 
         values: dict[str, Any] = {"queried-domain": host}
         parts = []
-        for rdtype, result in zip(NAME_RECORDS, results, strict=True):
-            records = result["records"]
+        for rdtype in NAME_RECORDS:
+            records = result["records"][rdtype]
             if not records:
                 continue
             values[RELATIONS[rdtype]] = records
@@ -285,8 +296,8 @@ class DNS(ExpansionModule):
         summary: list[str],
     ) -> None:
         reverse = dns.reversename.from_address(ip).to_text(omit_final_dot=True)
-        result = await self.lookup(ctx, nameserver, reverse, "PTR")
-        records = result.get("records") or []
+        result = await self.lookup(ctx, nameserver, reverse, ("PTR",))
+        records = (result.get("records") or {}).get("PTR", [])
         if not records:
             summary.append(f"{ip}: no PTR record")
             answer.note(f"{ip} has no PTR record")
