@@ -21,6 +21,7 @@ from modules.errors import (
     ConfigError,
     DeadlineExceeded,
     NotFound,
+    Unavailable,
     UpstreamTimeout,
 )
 from modules.module import ExpansionModule, ModuleConfig, secret
@@ -153,15 +154,16 @@ SHAPES: dict[str, tuple[Rule, ...]] = {
     ),
     "passive_dns": (
         Rule("passive_dns", is_objects, "a list of objects"),
-        Rule("count", is_count, "an integer"),
+        # Counts only tell how many there were: absent, the list's length does.
+        Rule("count", is_count, "an integer", False),
     ),
     "malware": (
         Rule("data", is_objects, "a list of objects"),
-        Rule("count", is_count, "an integer"),
+        Rule("count", is_count, "an integer", False),
     ),
     "url_list": (
         Rule("url_list", is_objects, "a list of objects"),
-        Rule("full_size", is_count, "an integer"),
+        Rule("full_size", is_count, "an integer", False),
     ),
     "geo": (
         *(Rule(key, is_text_or_null, "text or null", False) for key in GEO_TEXT),
@@ -229,7 +231,7 @@ async def fetch_section(
 Found = dict[tuple[str, str], dict[str, dict[str, Any] | None]]
 # A section left out of the answer, and the malformed answer that left it
 # out (None: it came too late for the deadline).
-LeftOut = list[tuple[str, str, str, BadResponse | None]]
+LeftOut = list[tuple[str, str, str, BadResponse | Unavailable | None]]
 
 
 async def fetch_all(
@@ -273,7 +275,8 @@ async def fetch_all(
             task.cancelled() or isinstance(error, UpstreamTimeout | DeadlineExceeded)
         ):
             left_out.append((kind, value, section, None))
-        elif section != "general" and isinstance(error, BadResponse):
+        elif section != "general" and isinstance(error, BadResponse | Unavailable):
+            # A failing section leaves the pulses, which are the answer.
             left_out.append((kind, value, section, error))
         elif error is not None:
             raise error
@@ -695,9 +698,8 @@ class OTX(ExpansionModule):
         "no pulse is a result, not an error; a general section of another shape "
         "than OTX documents is a malformed answer. Sections other than the "
         "pulses that answer malformed or too late for the deadline are left out "
-        "with a note. Rate "
-        "limited to 1,000 calls an hour, what OTX allows without a key; with a "
-        "key OTX allows 10,000 (MISP_ENRICH_OTX_RATE_LIMITS=10000/hour)."
+        "with a note, as are those that fail with a server error. Rate limited "
+        "to what OTX allows: 10,000 calls an hour with a key, 1,000 without."
     )
     Config = OTXConfig
 
@@ -706,10 +708,8 @@ class OTX(ExpansionModule):
     auth_statuses = (401, 403)
     cache_ttl = 6 * 3600
     not_found_ttl = 3600
-    # OTX allows 10,000 calls an hour with a key and 1,000 without. The limit
-    # counts per key, keyless use included, so the lower one is declared; with
-    # a key, MISP_ENRICH_OTX_RATE_LIMITS=10000/hour lifts it.
-    rate_limits = ("1000/hour",)
+    rate_limits = ("10000/hour",)
+    keyless_rate_limits = ("1000/hour",)
     third_party = True
 
     async def enrich(

@@ -838,12 +838,6 @@ MALFORMED_SECTIONS = [
         id="url_list-an-object",
     ),
     pytest.param(
-        "url_list",
-        Reply(body={"url_list": []}),
-        "the url_list section has no full_size",
-        id="url_list-no-full_size",
-    ),
-    pytest.param(
         "geo",
         Reply(body=["not", "an", "object"]),
         "the geo section is not an object",
@@ -896,6 +890,38 @@ async def test_malformed_section_is_left_out_with_a_note(
         f"otx: the {name} section of {IPV4} left out: {MALFORMED}{problem}"
     )
     assert paths(upstream) == section_paths("IPv4", IPV4, IPV4_SECTIONS)
+
+
+async def test_a_failing_section_is_left_out_and_the_pulses_answered(
+    otx: Any, upstream: FakeUpstream
+) -> None:
+    upstream.add(route("IPv4", IPV4, "passive_dns"), Reply(500, raw=b"oops"))
+    body = otx_request("enrich-button-domain", type="ip-src", value=IPV4)
+
+    answer = await query(otx, body)
+
+    assert shapes(answer, body["attribute"]["uuid"]) == [
+        item for item in IPV4_OBJECTS if item[0] not in SECTION_OBJECTS["passive_dns"]
+    ]
+    assert tags(answer) == IPV4_TAGS
+    assert answer["comment"] == (
+        f"otx: the passive dns section of {IPV4} left out: AlienVault OTX: "
+        "unavailable: HTTP 500; the source is failing, retry later"
+    )
+
+
+async def test_counts_are_optional_where_the_list_tells(
+    otx: Any, upstream: FakeUpstream
+) -> None:
+    full = payload("ipv4-url_list")
+    del full["full_size"]
+    upstream.add(route("IPv4", IPV4, "url_list"), full)
+    body = otx_request("enrich-button-domain", type="ip-src", value=IPV4)
+
+    answer = await query(otx, body)
+
+    assert "error" not in answer
+    assert shapes(answer, body["attribute"]["uuid"]) == IPV4_OBJECTS
 
 
 @pytest.mark.parametrize(
@@ -1072,11 +1098,6 @@ INVALID_KEY = payload("invalid-key")
             "AlienVault OTX: unavailable: HTTP 503",
         ),
         (
-            "passive_dns",
-            Reply(502, raw=b"Bad Gateway"),
-            "AlienVault OTX: unavailable: HTTP 502",
-        ),
-        (
             "general",
             Reply(raw=b"not json"),
             "AlienVault OTX: sent a malformed answer: the answer is not valid JSON; "
@@ -1094,7 +1115,6 @@ INVALID_KEY = payload("invalid-key")
         "invalid-key",
         "rate-limited",
         "5xx",
-        "5xx-on-a-section",
         "not-json",
         "not-an-object",
     ],
@@ -1176,7 +1196,8 @@ def test_declares_what_it_answers_and_the_keyless_rate_limit() -> None:
 
     assert module is OTX
     # OTX allows 1,000 calls an hour without a key, 10,000 with one.
-    assert module.rate_limits == ("1000/hour",)
+    assert module.rate_limits == ("10000/hour",)
+    assert module.keyless_rate_limits == ("1000/hour",)
     # Passive DNS times, coordinates and file sizes included.
     assert {"datetime", "float", "size-in-bytes"} <= set(module.output_types)
 
