@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from modules.errors import (
 )
 from modules.module import ExpansionModule, ModuleConfig, secret, setting
 from modules.objects import ProposedObject
-from modules.observable import Observable
+from modules.observable import Observable, is_ip
 from modules.results import Answer
 from modules.upstream import Source, Throttled
 
@@ -319,25 +318,17 @@ def url_values(url: str, attributes: dict[str, Any]) -> dict[str, Any]:
     """Return the url object's values for a URL VirusTotal knows."""
     parts = urlsplit(url if "://" in url else f"http://{url}")
     host = parts.hostname or ""
-    is_ip = _is_ip(host)
+    host_is_ip = is_ip(host)
     return {
         "url": url,
         "scheme": parts.scheme if "://" in url else None,
-        "host": None if is_ip else host,
-        "ip": host if is_ip else None,
+        "host": None if host_is_ip else host,
+        "ip": host if host_is_ip else None,
         "resource_path": parts.path if parts.path not in ("", "/") else None,
         "query_string": parts.query,
         "first-seen": when(attributes.get("first_submission_date")),
         "last-seen": when(attributes.get("last_analysis_date")),
     }
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 def add_report(

@@ -121,7 +121,7 @@ def normalise_host(value: str) -> str:
         except idna.IDNAError:
             raise InvalidValue(f"{shown(value)} is not a valid domain name") from None
     ascii_name = ascii_name.lower()
-    if _is_ip(ascii_name):
+    if is_ip(ascii_name):
         raise InvalidValue(
             f"{shown(value)} is an IP address, not a domain name; enrich it as "
             "ip-dst or ip-src"
@@ -132,7 +132,8 @@ def normalise_host(value: str) -> str:
     return ascii_name
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
+    """Tell whether a text is an IPv4 or IPv6 address."""
     try:
         ipaddress.ip_address(text)
     except ValueError:
