@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -86,6 +87,10 @@ async def serve(app: web.Application, settings: ServerSettings) -> None:
     try:
         site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
+        # What start-up built lives as long as the server: left to the
+        # collector, every full collection would walk it again, and
+        # /modules waits behind each such pause.
+        gc.freeze()
         log.info(
             "misp-enrich %s listening on http://%s:%d",
             __version__,
