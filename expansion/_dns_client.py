@@ -39,6 +39,7 @@ NOERROR, NXDOMAIN = 0, 3
 FLAG_QR, FLAG_TC, FLAG_RD = 0x8000, 0x0200, 0x0100
 # Resend a question this long after the last send while the lifetime lasts:
 # a datagram lost on the way should not cost the whole lifetime.
+RECEIVE_BUFFER = 4 * 1024 * 1024
 RESEND_AFTER = 1.0
 MAX_CNAME_HOPS = 16
 MAX_POINTERS = 64
@@ -205,6 +206,11 @@ class NameserverClient:
                     remote_addr=(self.address, self.port),
                     family=family,
                 )
+                # Answers to hundreds of questions in flight arrive together;
+                # the default buffer drops a burst of a few hundred. The
+                # kernel caps the size at net.core.rmem_max.
+                sock = self._transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             return self._transport
 
     async def query(self, name: str, rdtype: str, lifetime: float) -> Reply:

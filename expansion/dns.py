@@ -43,7 +43,7 @@ RELATIONS = {
     "PTR": "ptr-record",
 }
 QUERY_TIMEOUT = 3.0
-NAMESERVER_CONCURRENCY = 256
+NAMESERVER_CONCURRENCY = 1024
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
@@ -116,8 +116,9 @@ class DNS(ExpansionModule):
     cache_ttl = 3600
     not_found_ttl = 300
     # Seven questions per name, each a datagram: a high cap keeps names
-    # flowing while still bounding the questions in flight at once.
-    concurrency = 1024
+    # flowing while still bounding the questions in flight at once. Each
+    # nameserver has a cap of its own below it (NAMESERVER_CONCURRENCY).
+    concurrency = 4096
     # A lame delegation or a dead resolver a query names fails that query
     # alone; it says nothing about the next name or nameserver.
     uses_breaker = False

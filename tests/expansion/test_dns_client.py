@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+from pathlib import Path
 
 import dns.flags
 import dns.message
@@ -12,6 +14,7 @@ import pytest
 
 from expansion._dns_client import (
     RDTYPES,
+    RECEIVE_BUFFER,
     Malformed,
     NameserverClient,
     decode_reply,
@@ -122,3 +125,21 @@ async def test_an_unreadable_answer_is_malformed_not_a_timeout() -> None:
 def test_nameservers_are_named_as_people_write_them() -> None:
     assert NameserverClient("192.0.2.53", 5353).where == "192.0.2.53:5353"
     assert NameserverClient("2001:db8::53", 53).where == "[2001:db8::53]:53"
+
+
+async def test_the_socket_holds_a_burst_of_answers() -> None:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        _Garbage, local_addr=("127.0.0.1", 0)
+    )
+    client = NameserverClient("127.0.0.1", transport.get_extra_info("sockname")[1])
+    try:
+        sock = (await client._socket()).get_extra_info("socket")
+        size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    finally:
+        client.close()
+        transport.close()
+
+    # Linux grants up to net.core.rmem_max and reports twice what it grants.
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    assert size >= 2 * min(RECEIVE_BUFFER, rmem_max)
