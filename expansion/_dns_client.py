@@ -215,40 +215,61 @@ class NameserverClient:
 
     async def query(self, name: str, rdtype: str, lifetime: float) -> Reply:
         """Return the nameserver's reply; raise Timeout, Refused or Malformed."""
+        [reply] = await self.query_types(name, (rdtype,), lifetime)
+        return reply
+
+    async def query_types(
+        self, name: str, rdtypes: tuple[str, ...], lifetime: float
+    ) -> list[Reply]:
+        """Ask for several types of one name at once; replies in the same order.
+
+        One coroutine waits for all the questions, with one resend timer:
+        a task and a timer per question cost more than the question itself.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + lifetime
-        ident = random.randrange(65536)
-        while ident in self._pending:
+        asked = []
+        for rdtype in rdtypes:
             ident = random.randrange(65536)
-        code = RDTYPES[rdtype]
-        wire = encode_query(ident, name, code)
-        future: asyncio.Future[Reply] = loop.create_future()
-        self._pending[ident] = (future, (name.lower(), code))
+            while ident in self._pending:
+                ident = random.randrange(65536)
+            code = RDTYPES[rdtype]
+            future: asyncio.Future[Reply] = loop.create_future()
+            self._pending[ident] = (future, (name.lower(), code))
+            asked.append((ident, encode_query(ident, name, code), future))
         try:
             transport = await self._socket()
-            while True:
-                transport.sendto(wire)
+            waiting = asked
+            while waiting:
+                for _, wire, _ in waiting:
+                    transport.sendto(wire)
                 left = deadline - loop.time()
-                try:
-                    reply = await asyncio.wait_for(
-                        asyncio.shield(future), max(0.0, min(RESEND_AFTER, left))
-                    )
-                    break
-                except TimeoutError:
-                    if loop.time() >= deadline:
-                        raise Timeout(lifetime) from None
+                await asyncio.wait(
+                    [future for _, _, future in waiting],
+                    timeout=max(0.0, min(RESEND_AFTER, left)),
+                    return_when=asyncio.FIRST_EXCEPTION,
+                )
+                failed = [f for _, _, f in asked if f.done() and f.exception()]
+                if failed:
+                    raise failed[0].exception()  # type: ignore[misc]
+                waiting = [item for item in waiting if not item[2].done()]
+                if waiting and loop.time() >= deadline:
+                    raise Timeout(lifetime)
         finally:
-            self._pending.pop(ident, None)
-            # A failure that lands after we stopped waiting is not news.
-            if future.done() and not future.cancelled():
-                future.exception()
-            else:
-                future.cancel()
-        if reply.truncated:
-            reply = await asyncio.wait_for(
-                self._over_tcp(wire), max(0.1, deadline - loop.time())
-            )
-        return reply
+            for ident, _, future in asked:
+                self._pending.pop(ident, None)
+                # A failure that lands after we stopped waiting is not news.
+                if future.done() and not future.cancelled():
+                    future.exception()
+                else:
+                    future.cancel()
+        replies = [future.result() for _, _, future in asked]
+        for index, reply in enumerate(replies):
+            if reply.truncated:
+                replies[index] = await asyncio.wait_for(
+                    self._over_tcp(asked[index][1]), max(0.1, deadline - loop.time())
+                )
+        return replies
 
     async def _over_tcp(self, wire: bytes) -> Reply:
         reader, writer = await asyncio.open_connection(self.address, self.port)

@@ -43,7 +43,8 @@ RELATIONS = {
     "PTR": "ptr-record",
 }
 QUERY_TIMEOUT = 3.0
-NAMESERVER_CONCURRENCY = 1024
+# Lookups in flight per nameserver, each of up to seven questions.
+NAMESERVER_LOOKUPS = 150
 
 
 def parse_nameserver(text: str) -> tuple[str, int]:
@@ -115,10 +116,9 @@ class DNS(ExpansionModule):
     third_party = True
     cache_ttl = 3600
     not_found_ttl = 300
-    # Seven questions per name, each a datagram: a high cap keeps names
-    # flowing while still bounding the questions in flight at once. Each
-    # nameserver has a cap of its own below it (NAMESERVER_CONCURRENCY).
-    concurrency = 4096
+    # Lookups of a name's record types in flight at once, all nameservers
+    # together; each nameserver has a cap of its own (NAMESERVER_LOOKUPS).
+    concurrency = 600
     # A lame delegation or a dead resolver a query names fails that query
     # alone; it says nothing about the next name or nameserver.
     uses_breaker = False
@@ -149,20 +149,21 @@ class DNS(ExpansionModule):
         self._clients.clear()
 
     async def ask(
-        self, ctx: Context, nameserver: str | None, name: str, rdtype: str
-    ) -> Reply:
-        """Return a reply, trying the system's nameservers in turn."""
+        self, ctx: Context, nameserver: str | None, name: str, rdtypes: tuple[str, ...]
+    ) -> list[Reply]:
+        """Return a reply per type, trying the system's nameservers in turn."""
         # Each nameserver waits in a queue of its own: a dead one that a
         # query names must not hold up the questions for the others.
         gate = self._gates.get(nameserver)
         if gate is None:
-            gate = self._gates[nameserver] = asyncio.Semaphore(NAMESERVER_CONCURRENCY)
+            gate = self._gates[nameserver] = asyncio.Semaphore(NAMESERVER_LOOKUPS)
         async with gate:
-            return await self._ask(ctx, nameserver, name, rdtype)
+            return await self._ask(ctx, nameserver, name, rdtypes)
 
     async def _ask(
-        self, ctx: Context, nameserver: str | None, name: str, rdtype: str
-    ) -> Reply:
+        self, ctx: Context, nameserver: str | None, name: str, rdtypes: tuple[str, ...]
+    ) -> list[Reply]:
+        asked = f"{name} {'/'.join(rdtypes)}"
         clients = self.clients(nameserver)
         if not clients:
             raise Unavailable(self.title, "the system has no nameserver configured")
@@ -171,13 +172,12 @@ class DNS(ExpansionModule):
             lifetime = max(0.1, min(QUERY_TIMEOUT, ctx.source.remaining()))
             where = client.where
             try:
-                reply = await client.query(name, rdtype, lifetime)
+                replies = await client.query_types(name, rdtypes, lifetime)
             except (Timeout, TimeoutError):
                 ctx.source.answered("timeout")
                 failure = UpstreamTimeout(
                     self.title,
-                    f"no answer from {where} within {lifetime:.1f} s for "
-                    f"{name} {rdtype}",
+                    f"no answer from {where} within {lifetime:.1f} s for {asked}",
                 )
                 continue
             except (Refused, OSError):
@@ -192,13 +192,14 @@ class DNS(ExpansionModule):
                     self.title, f"{where} sent an unreadable answer ({err})"
                 )
                 continue
-            rcode = RCODES.get(reply.rcode, str(reply.rcode))
-            ctx.source.answered(rcode)
-            if reply.rcode in (NOERROR, NXDOMAIN):
-                return reply
+            for reply in replies:
+                ctx.source.answered(RCODES.get(reply.rcode, str(reply.rcode)))
+            refused = [r for r in replies if r.rcode not in (NOERROR, NXDOMAIN)]
+            if not refused:
+                return replies
+            rcode = RCODES.get(refused[0].rcode, str(refused[0].rcode))
             failure = Unavailable(
-                self.title,
-                f"the nameserver refused or failed {name} {rdtype} ({rcode})",
+                self.title, f"the nameserver refused or failed {asked} ({rcode})"
             )
         assert failure is not None
         raise failure
@@ -213,9 +214,7 @@ class DNS(ExpansionModule):
         """
 
         async def call() -> tuple[dict[str, Any], float | None]:
-            replies = await asyncio.gather(
-                *(self.ask(ctx, nameserver, name, rdtype) for rdtype in rdtypes)
-            )
+            replies = await self.ask(ctx, nameserver, name, rdtypes)
             not_found_ttl = ctx.source.policy.not_found_ttl
             if any(reply.rcode == NXDOMAIN for reply in replies):
                 return {"nxdomain": True}, not_found_ttl

@@ -418,9 +418,9 @@ async def test_a_refused_connection_is_counted(client: Any) -> None:
 async def test_a_dead_nameserver_holds_up_no_other(
     make_client: Any, dns_env: DNSServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # One name's seven questions fill the dead nameserver's queue; they would
-    # wait past the deadline, so a shared queue would fail the second query.
-    monkeypatch.setattr("expansion.dns.NAMESERVER_CONCURRENCY", 7)
+    # One lookup fills the dead nameserver's queue; it would wait past the
+    # deadline, so a shared queue would fail the second query.
+    monkeypatch.setattr("expansion.dns.NAMESERVER_LOOKUPS", 1)
     client = await make_client(deadline=2)
     dead = DNSServer(Zone(mode="drop")).start()
     try:
