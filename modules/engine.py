@@ -13,7 +13,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from modules.breaker import Breakers
-from modules.cache import Cache, MemoryCache, NoCache, RedisCache, SQLiteCache
+from modules.cache import (
+    Cache,
+    MemoryCache,
+    NoCache,
+    RecentFront,
+    RedisCache,
+    SQLiteCache,
+)
 from modules.errors import DeadlineExceeded
 from modules.metrics import Metrics
 from modules.module import ExpansionModule
@@ -185,4 +192,7 @@ def make_cache(
             raise ValueError("the redis cache needs MISP_ENRICH_REDIS_URL")
         return RedisCache(link)
     on_change = metrics.backend("cache") if metrics is not None else None
-    return SQLiteCache(settings.cache_path, settings.backend_retry, on_change)
+    sqlite = SQLiteCache(settings.cache_path, settings.backend_retry, on_change)
+    if settings.cache_hold <= 0:
+        return sqlite
+    return RecentFront(sqlite, settings.cache_hold)

@@ -49,6 +49,9 @@ class ServerSettings(BaseSettings):
     upstream_timeout: float = Field(10.0, gt=0, description="seconds per call")
     cache: Literal["sqlite", "memory", "redis", "none"] | None = None
     cache_path: Path = Field(default_factory=default_cache_path)
+    cache_hold: float = Field(
+        30.0, ge=0, description="seconds a SQLite entry read last stays in memory"
+    )
     redis_url: str | None = None
     redis_prefix: str = Field("misp-enrich", min_length=1, description="key prefix")
     redis_timeout: float = Field(0.5, gt=0, description="seconds per Redis command")

@@ -13,7 +13,7 @@ import aiosqlite
 import pytest
 
 from expansion.dns import DNS
-from modules.cache import MemoryCache, SQLiteCache
+from modules.cache import MemoryCache, RecentFront, SQLiteCache
 from modules.cli import main
 from tests.engine.conftest import KEY, ask, lookup_module, query_body
 from tests.fakes.dns import DNSServer
@@ -178,7 +178,8 @@ async def test_sqlite_cache_persists_across_restarts(
     assert len(upstream.calls(DOMAIN_PATH)) == 1
     assert values(after) == values(before)
     assert not object_uuids(after) & object_uuids(before)
-    assert isinstance(second.engine.cache, SQLiteCache)
+    assert isinstance(second.engine.cache, RecentFront)
+    assert isinstance(second.engine.cache.back, SQLiteCache)
 
 
 async def test_serves_through_a_corrupt_cache_file(
@@ -213,7 +214,11 @@ async def test_serves_while_the_cache_file_breaks_and_recovers(
     upstream.add(f"GET {DOMAIN_PATH}", ANSWER)
     path = tmp_path / "cache.sqlite3"
     client = await serve(
-        lookup_module(upstream.url), cache="sqlite", cache_path=path, backend_retry=0
+        lookup_module(upstream.url),
+        cache="sqlite",
+        cache_path=path,
+        backend_retry=0,
+        cache_hold=0,
     )
     await ask(client, query_body())
 
@@ -412,3 +417,65 @@ async def test_an_answer_from_a_dropped_connection_keeps_the_outage(
 
     assert not cache.health.up
     assert not [r for r in caplog.records if "is back" in r.getMessage()]
+
+
+class CountingSQLite(SQLiteCache):
+    """A SQLite cache that counts the reads that reach the file."""
+
+    reads = 0
+
+    async def get_entry(self, key: str) -> tuple[bytes, float] | None:
+        self.reads += 1
+        return await super().get_entry(key)
+
+
+async def test_the_front_reads_a_hot_entry_from_memory(tmp_path: Path) -> None:
+    back = CountingSQLite(tmp_path / "cache.sqlite3")
+    cache = RecentFront(back, hold=30)
+    await back.set("dns:A:-:warm", b"from the file", 60)
+
+    values = [await cache.get("dns:A:-:warm") for _ in range(5)]
+    await cache.set("dns:A:-:fresh", b"written", 60)
+    fresh = await cache.get("dns:A:-:fresh")
+    await cache.close()
+
+    assert values == [b"from the file"] * 5
+    assert fresh == b"written"
+    assert back.reads == 1
+
+
+async def test_the_front_holds_nothing_past_its_entry_or_a_clear(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    back = CountingSQLite(tmp_path / "cache.sqlite3")
+    cache = RecentFront(back, hold=30)
+    now = 1_000_000.0
+    monkeypatch.setattr("modules.cache.time.time", lambda: now)
+    await cache.set("dns:A:-:short", b"lives 5 s", 5)
+    await cache.set("otx:general:-:kept", b"lives 1 h", 3600)
+
+    now += 6
+    expired = await cache.get("dns:A:-:short")
+    removed = await cache.clear("otx:")
+    cleared = await cache.get("otx:general:-:kept")
+    await cache.close()
+
+    assert expired is None
+    assert removed == 1
+    assert cleared is None
+    assert back.reads == 2
+
+
+async def test_the_front_keeps_to_its_byte_budget(tmp_path: Path) -> None:
+    cache = RecentFront(SQLiteCache(tmp_path / "cache.sqlite3"), max_bytes=16_000)
+    for index in range(20):
+        await cache.set(f"dns:A:-:{index}", bytes(900), 60)
+
+    held = cache._bytes
+    oldest = "dns:A:-:0" in cache._entries
+    newest = "dns:A:-:19" in cache._entries
+    await cache.close()
+
+    assert 15_000 < held <= 16_000
+    assert not oldest
+    assert newest
