@@ -21,6 +21,7 @@ from modules.errors import (
     ConfigError,
     DeadlineExceeded,
     NotFound,
+    RateLimited,
     Unavailable,
     UpstreamTimeout,
 )
@@ -231,7 +232,7 @@ async def fetch_section(
 Found = dict[tuple[str, str], dict[str, dict[str, Any] | None]]
 # A section left out of the answer, and the malformed answer that left it
 # out (None: it came too late for the deadline).
-LeftOut = list[tuple[str, str, str, BadResponse | Unavailable | None]]
+LeftOut = list[tuple[str, str, str, BadResponse | Unavailable | RateLimited | None]]
 
 
 async def fetch_all(
@@ -275,7 +276,9 @@ async def fetch_all(
             task.cancelled() or isinstance(error, UpstreamTimeout | DeadlineExceeded)
         ):
             left_out.append((kind, value, section, None))
-        elif section != "general" and isinstance(error, BadResponse | Unavailable):
+        elif section != "general" and isinstance(
+            error, BadResponse | Unavailable | RateLimited
+        ):
             # A failing section leaves the pulses, which are the answer.
             left_out.append((kind, value, section, error))
         elif error is not None:

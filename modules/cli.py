@@ -32,6 +32,8 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Its debug lines describe every SQL statement: noise, even when debugging.
+    logging.getLogger("aiosqlite").setLevel(max(logging.INFO, logging.root.level))
 
 
 def load_registry(settings: ServerSettings) -> Registry:
@@ -249,7 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=__version__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the HTTP server for MISP")
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP server for MISP",
+        description="Run the HTTP server for MISP. Every other setting comes from "
+        "MISP_ENRICH_* environment variables: see docs/configuration.md.",
+    )
     serve.add_argument("--host", help="address to bind (MISP_ENRICH_HOST)")
     serve.add_argument("--port", type=port, help="port to bind (MISP_ENRICH_PORT)")
     serve.set_defaults(handler=cmd_serve)

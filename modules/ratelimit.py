@@ -101,8 +101,12 @@ class Limiter:
         identity: str,
         rules: tuple[Limit, ...],
         remaining: Callable[[], float],
+        setting: str | None = None,
     ) -> None:
-        """Take one slot of every limit, or raise RateLimited."""
+        """Take one slot of every limit, or raise RateLimited.
+
+        `setting` names the variable that sets these limits, for the refusal.
+        """
         if not rules:
             return
         for _ in range(MAX_ROUNDS):
@@ -117,7 +121,8 @@ class Limiter:
                 raise RateLimited(
                     label,
                     f"next slot in {math.ceil(wait)} s ({rule.text}); this is the "
-                    f"server's own limit for the key, set in {setting_for(name)}",
+                    f"server's own limit for the key, set in "
+                    f"{setting or setting_for(name)}",
                     wait,
                 )
             self.metrics.ratelimit_waits.labels(name).inc()

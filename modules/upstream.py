@@ -207,6 +207,13 @@ class Source:
         # A query's parallel calls fail together: they count as one failure.
         self._breaker_failed = False
 
+    def _limits_setting(self) -> str:
+        """Name the variable that sets the limits this query counts against."""
+        keyless = self.identity == "-" and self.policy.keyless_rate_limits is not None
+        return self.module.env_prefix() + (
+            "KEYLESS_RATE_LIMITS" if keyless else "RATE_LIMITS"
+        )
+
     def remaining(self) -> float:
         """Return the seconds left before the query's deadline."""
         return self.deadline - asyncio.get_running_loop().time()
@@ -373,7 +380,12 @@ class Source:
             if self.remaining() <= 0:
                 raise DeadlineExceeded(self.label, "no time left before the deadline")
             await self.engine.limiter.acquire(
-                self.label, self.name, self.identity, self.limits, self.remaining
+                self.label,
+                self.name,
+                self.identity,
+                self.limits,
+                self.remaining,
+                self._limits_setting(),
             )
             try:
                 return await self._once(call)

@@ -1273,3 +1273,26 @@ async def test_late_general_section_is_still_an_error(
     assert answer["error"].startswith(
         "AlienVault OTX: timed out: no answer within the 1 s deadline"
     )
+
+
+async def test_sections_past_the_keyless_limit_are_left_out(
+    make_client: Any, upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install(upstream)
+    monkeypatch.setenv("MISP_ENRICH_OTX_BASE_URL", upstream.url)
+    monkeypatch.delenv("MISP_ENRICH_OTX_APIKEY", raising=False)
+    monkeypatch.setenv("MISP_ENRICH_OTX_KEYLESS_RATE_LIMITS", "2/minute")
+    client = await make_client()
+    body = otx_request("enrich-button-domain", type="ip-src", value=IPV4)
+    body["config"] = {"apikey": ""}
+
+    answer = await query(client, body)
+
+    # The pulses are the answer; four of the other sections found no slot.
+    assert "error" not in answer
+    assert len(upstream.calls()) == 2
+    assert answer["comment"].count("left out") == 4
+    assert (
+        " s (2/minute); this is the server's own limit for the key, set in "
+        "MISP_ENRICH_OTX_KEYLESS_RATE_LIMITS"
+    ) in answer["comment"]
