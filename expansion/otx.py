@@ -53,6 +53,8 @@ SECTIONS = {
 PAGE_LIMITS = {"malware": MAX_MALWARE, "url_list": MAX_URLS}
 PULSE_URL = "https://otx.alienvault.com/pulse/{}"
 TECHNIQUE_ID = re.compile(r"T\d{4}(?:\.\d{3})?")
+PLAIN_NAME = re.compile(r"[\w ,.()/&+'-]+")
+MAX_TECHNIQUE_NAME = 100
 HASH_RELATIONS = {32: "md5", 40: "sha1", 64: "sha256"}
 # A geolocation object needs one of these, a file object one of those.
 PLACE_KEYS = ("latitude", "longitude", "city", "region", "country", "countrycode")
@@ -270,8 +272,9 @@ async def fetch_all(
 
     found: Found = {target: {} for target in targets}
     left_out: LeftOut = []
-    for (kind, value, section), task in zip(calls, tasks, strict=True):
-        error = None if task.cancelled() else task.exception()
+    # Read every outcome first: an exception left unread is logged as lost.
+    errors = [None if task.cancelled() else task.exception() for task in tasks]
+    for (kind, value, section), task, error in zip(calls, tasks, errors, strict=True):
         if section != "general" and (
             task.cancelled() or isinstance(error, UpstreamTimeout | DeadlineExceeded)
         ):
@@ -375,7 +378,9 @@ def attack_tag(entry: Any) -> str | None:
     # The galaxy names a sub-technique alone ("Web Protocols - T1071.001")
     # where some ATT&CK exports write "Application Layer Protocol: Web Protocols".
     name = name.rpartition(": ")[2].strip()
-    if not name:
+    # A galaxy cluster's name is a short plain phrase; anything else is not
+    # one, and a quote would end the tag early.
+    if not name or len(name) > MAX_TECHNIQUE_NAME or not PLAIN_NAME.fullmatch(name):
         return None
     return f'misp-galaxy:mitre-attack-pattern="{name} - {technique}"'
 

@@ -26,6 +26,9 @@ from modules.settings import ServerSettings
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("modules.access")
 
+LARGE_BODY = 1 << 20
+MAX_CONTAINERS = 100_000
+
 ENRICHER = web.AppKey("enricher", QueryRunner)
 MODULES_BODY = web.AppKey("modules_body", bytes)
 OPENAPI_BODY = web.AppKey("openapi_body", bytes)
@@ -154,6 +157,18 @@ async def post_query(request: web.Request) -> web.Response:
         response.force_close()
         request.content.feed_eof()
         return response
+    if len(raw) > LARGE_BODY and raw.count(b"{") + raw.count(b"[") > MAX_CONTAINERS:
+        # A big body is an attachment: one long string. Millions of small
+        # objects would take gigabytes and seconds to decode.
+        request[OUTCOME] = "bad_body"
+        return json_response(
+            error_body(
+                BadRequest(
+                    f"the body holds more than {MAX_CONTAINERS} JSON objects and "
+                    "lists; a MISP query holds one attribute or object"
+                )
+            )
+        )
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as err:

@@ -23,6 +23,10 @@ class ModuleConfig(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+MAX_SECRET = 256
+SECRET_SHAPE = re.compile(rf"[!-~]{{1,{MAX_SECRET}}}")
+
+
 def secret(description: str = "") -> Any:
     """Declare a secret setting, such as an API key."""
     return Field(None, description=description, json_schema_extra={"secret": True})
@@ -110,6 +114,15 @@ class ExpansionModule:
                 if any(ord(char) < 32 or ord(char) == 127 for char in value):
                     # Never echoed: the value may be a key pasted with a line break.
                     raise ConfigError(cls._invalid(key, "it holds control characters"))
+                if cls.is_secret(key) and not SECRET_SHAPE.fullmatch(value):
+                    # Keys travel in headers: anything else is a paste gone wrong.
+                    raise ConfigError(
+                        cls._invalid(
+                            key,
+                            "an API key is printable ASCII without spaces, at most "
+                            f"{MAX_SECRET} characters",
+                        )
+                    )
             values[key] = value
         try:
             return cls.Config(**values)
@@ -118,6 +131,12 @@ class ExpansionModule:
             first = problems[0]
             key = ".".join(str(part) for part in first["loc"])
             raise ConfigError(cls._invalid(key, first["msg"])) from None
+
+    @classmethod
+    def is_secret(cls, key: str) -> bool:
+        """Tell whether a setting is marked secret."""
+        extra = cls.Config.model_fields[key].json_schema_extra
+        return isinstance(extra, dict) and bool(extra.get("secret"))
 
     @classmethod
     def _invalid(cls, key: str, problem: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -141,6 +142,16 @@ def _pydantic_problem(err: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
+def _uuid(value: str | None, where: str) -> str | None:
+    """Return a uuid as MISP writes it (lower case), or None when absent."""
+    if value is None or value == "":
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise BadRequest(f"{where} is not a UUID") from None
+
+
 def parse_query(body: Any) -> Query:
     """Parse a decoded JSON body into a Query, or raise BadRequest."""
     if not isinstance(body, dict):
@@ -160,7 +171,7 @@ def parse_query(body: Any) -> Query:
         config=_config(parsed.config),
         event_id=event_id,
         standard=False,
-        reference_uuid=parsed.attribute_uuid,
+        reference_uuid=_uuid(parsed.attribute_uuid, "attribute_uuid"),
         data=parsed.data,
         workflow="user" in body,
     )
@@ -169,7 +180,9 @@ def parse_query(body: Any) -> Query:
         query.standard = True
         query.attribute_type = attribute.type
         query.value = attribute.value
-        query.reference_uuid = attribute.uuid or parsed.attribute_uuid
+        query.reference_uuid = (
+            _uuid(attribute.uuid, "attribute.uuid") or query.reference_uuid
+        )
         query.tags = [tag.name for tag in attribute.Tag]
         query.data = attribute.data or parsed.data
         return query
@@ -177,7 +190,7 @@ def parse_query(body: Any) -> Query:
         query.standard = True
         query.object_name = parsed.object.name
         query.object_attributes = parsed.object.Attribute
-        query.reference_uuid = parsed.object.uuid
+        query.reference_uuid = _uuid(parsed.object.uuid, "object.uuid")
         query.tags = [tag.name for tag in parsed.object.Tag]
         return query
 

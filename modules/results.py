@@ -18,6 +18,8 @@ from modules.observable import HASH_LENGTHS, normalise_hash, normalise_host
 
 log = logging.getLogger(__name__)
 ARPA = (".in-addr.arpa", ".ip6.arpa")
+# MISP stores a value in a TEXT column of 64 KiB; longer ones fail to save.
+MAX_VALUE = 60_000
 NUMERIC_TYPES = frozenset({"counter", "float", "size-in-bytes", "integer", "port"})
 
 
@@ -47,6 +49,7 @@ class Answer:
         self.notes: list[str] = []
         self.summary: str | None = None
         self.skipped = 0
+        self.cut = 0
 
     def add_object(
         self,
@@ -79,6 +82,13 @@ class Answer:
         for item in value if isinstance(value, list | tuple) else [value]:
             if item is None or item == "" or item == []:
                 continue
+            if isinstance(item, str) and len(item) > MAX_VALUE:
+                if kind != "text":
+                    self.skipped += 1
+                    continue
+                # A whois record or a report body: its start is still useful.
+                item = item[:MAX_VALUE]
+                self.cut += 1
             checked = checked_value(kind, item)
             if checked is None:
                 log.debug("left out a %s value for %s.%s", kind, obj.name, relation)
@@ -188,6 +198,11 @@ class Answer:
 
     def comment(self) -> str:
         parts = list(self.notes)
+        if self.cut:
+            parts.append(
+                f"{self.cut} text value(s) from the source were cut to "
+                f"{MAX_VALUE} characters"
+            )
         if self.skipped:
             parts.append(
                 f"{self.skipped} value(s) from the source were not valid for MISP "

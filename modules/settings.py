@@ -39,8 +39,12 @@ class ServerSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(6666, ge=0, le=65535)
-    deadline: float = Field(8.0, gt=0, description="seconds for an enrichment")
-    hover_deadline: float = Field(4.0, gt=0, description="seconds for a hover")
+    deadline: float = Field(
+        8.0, gt=0, allow_inf_nan=False, description="seconds for an enrichment"
+    )
+    hover_deadline: float = Field(
+        4.0, gt=0, allow_inf_nan=False, description="seconds for a hover"
+    )
     max_body: int = Field(64 * 1024 * 1024, gt=0, description="bytes per request")
     max_upstream_body: int = Field(
         32 * 1024 * 1024, gt=0, description="bytes per answer from a source"

@@ -284,7 +284,11 @@ async def test_config_from_misp_wins_over_environment(
     body: dict[str, Any] = {
         "module": "keyed",
         "event_id": "1",
-        "attribute": {"type": "domain", "value": "example.com", "uuid": "u-1"},
+        "attribute": {
+            "type": "domain",
+            "value": "example.com",
+            "uuid": "7a3d2980-d0de-4ef4-8fbf-6e27e5e6aee4",
+        },
     }
 
     body["config"] = {"apikey": "", "limit": ""}
@@ -374,6 +378,48 @@ async def test_control_characters_in_a_setting_are_refused_unechoed(
     assert answer == {
         "error": "Keyed: invalid setting apikey (Plugin.Enrichment_keyed_apikey or "
         "MISP_ENRICH_KEYED_APIKEY): it holds control characters",
+        "results": [],
+    }
+
+
+@pytest.mark.parametrize(
+    "key", ["key with spaces 1234", "clé-ünïcode-0123456789", "k" * 257]
+)
+async def test_an_api_key_of_the_wrong_shape_is_refused_unechoed(
+    sample_client: Any, key: str
+) -> None:
+    client = await sample_client()
+    body = {
+        "module": "keyed",
+        "event_id": "1",
+        "domain": "example.com",
+        "config": {"apikey": key},
+    }
+
+    answer = await (await client.post("/query", json=body)).json()
+
+    assert answer == {
+        "error": "Keyed: invalid setting apikey (Plugin.Enrichment_keyed_apikey or "
+        "MISP_ENRICH_KEYED_APIKEY): an API key is printable ASCII without spaces, "
+        "at most 256 characters",
+        "results": [],
+    }
+
+
+async def test_a_body_of_millions_of_objects_is_refused_undecoded(
+    client: Any,
+) -> None:
+    body = b'{"module": "dns", "domain": "example.com", "x": [' + b"{}," * 400_000
+    body += b"{}]}"
+
+    response = await client.post(
+        "/query", data=body, headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status == 200
+    assert await response.json() == {
+        "error": "the body holds more than 100000 JSON objects and lists; a MISP "
+        "query holds one attribute or object",
         "results": [],
     }
 

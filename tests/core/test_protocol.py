@@ -171,3 +171,30 @@ def test_a_setting_of_the_wrong_shape_is_refused_unechoed(
         parse_query(body)
 
     assert str(caught.value) == f"the setting 'apikey' must be a string, not a {kind}"
+
+
+def test_uuids_are_written_as_misp_writes_them() -> None:
+    body = misp_request("enrich-button-domain")
+    body["attribute"]["uuid"] = body["attribute"]["uuid"].upper()
+
+    query = parse_query(body)
+
+    assert query.reference_uuid == body["attribute"]["uuid"].lower()
+
+
+@pytest.mark.parametrize("where", ["attribute", "attribute_uuid"])
+def test_a_uuid_that_is_not_one_is_refused(where: str) -> None:
+    body = misp_request("enrich-button-domain")
+    if where == "attribute":
+        body["attribute"]["uuid"] = "not-a-uuid"
+    else:
+        del body["attribute"]
+        body.update({"domain": "example.com", "attribute_uuid": "not-a-uuid"})
+
+    with pytest.raises(BadRequest) as caught:
+        parse_query(body)
+
+    assert (
+        str(caught.value)
+        == f"{where}{'.uuid' if where == 'attribute' else ''} is not a UUID"
+    )

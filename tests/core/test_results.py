@@ -214,3 +214,25 @@ def test_simplified_answers_leave_out_what_misp_holds() -> None:
         },
         {"types": ["domain"], "values": ["b.example"], "comment": "domain-ip: domain"},
     ]
+
+
+def test_long_values_are_cut_or_left_out_as_misp_can_store_them() -> None:
+    answer = Answer(INPUT)
+    answer.add_object(
+        "whois",
+        {
+            "text": "r" * 70_000,
+            "registrar": "Example Registrar " * 4000,
+            "domain": "example.com",
+        },
+    )
+
+    body = answer.to_standard()
+
+    [whois] = body["results"]["Object"]
+    text = next(a for a in whois["Attribute"] if a["object_relation"] == "text")
+    assert len(text["value"]) == 60_000
+    assert body["comment"] == (
+        "1 text value(s) from the source were cut to 60000 characters; 1 value(s) "
+        "from the source were not valid for MISP and were left out"
+    )

@@ -132,6 +132,7 @@ def test_a_taken_port_is_one_clear_line() -> None:
         ),
         ("MISP_ENRICH_OTX_CONCURRENCY", "abc", "MISP_ENRICH_OTX_CONCURRENCY: 'abc'"),
         ("MISP_ENRICH_LOG_LEVEL", "loud", "MISP_ENRICH_LOG_LEVEL: Input should be"),
+        ("MISP_ENRICH_DEADLINE", "inf", "MISP_ENRICH_DEADLINE: Input should be"),
         (
             "MISP_ENRICH_DNS_NAMESERVER",
             "garbage",

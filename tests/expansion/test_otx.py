@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from expansion.otx import OTX
+from expansion.otx import OTX, attack_tag
 from modules.registry import discover
 from tests.conftest import misp_request
 from tests.fakes.http import FakeUpstream, Reply
@@ -1296,3 +1296,21 @@ async def test_sections_past_the_keyless_limit_are_left_out(
         " s (2/minute); this is the server's own limit for the key, set in "
         "MISP_ENRICH_OTX_KEYLESS_RATE_LIMITS"
     ) in answer["comment"]
+
+
+@pytest.mark.parametrize(
+    ("entry", "tag"),
+    [
+        (
+            {"id": "T1071.001", "display_name": "T1071.001 - Web Protocols"},
+            'misp-galaxy:mitre-attack-pattern="Web Protocols - T1071.001"',
+        ),
+        ({"id": "T1566", "display_name": 'T1566 - Phishing" evil="x'}, None),
+        ({"id": "T1566", "display_name": "T1566 - " + "P" * 101}, None),
+        ({"id": "not-a-technique", "display_name": "Phishing"}, None),
+    ],
+)
+def test_attack_tags_only_from_plain_technique_names(
+    entry: dict[str, str], tag: str | None
+) -> None:
+    assert attack_tag(entry) == tag
