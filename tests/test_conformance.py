@@ -80,6 +80,34 @@ def declared(module: Any, event: Any) -> None:
     )
 
 
+async def ask_about(
+    module: Any,
+    kind: str,
+    make_client: Any,
+    upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    hover: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Send a sample of the kind as the enrich button (or the popup) does.
+
+    Return the answer and the input attribute as the event schema knows it.
+    """
+    fake = fake_for(module.name)
+    client = await client_for(module, make_client, upstream, monkeypatch)
+    attribute = input_attribute(kind, fake.SAMPLES[kind])
+    body = {"module": module.name, "attribute": attribute, "config": dict(fake.CONFIG)}
+    if hover:
+        # The popup's body: no event, no data, persistent set.
+        del attribute["event_id"]
+        body["persistent"] = 1
+    else:
+        body["event_id"] = "42"
+
+    answer = await post(client, body)
+    return answer, {k: v for k, v in attribute.items() if k in SCHEMA_KEYS}
+
+
 @pytest.mark.parametrize(
     ("module", "kind"), CASES, ids=[f"{m.name}-{k}" for m, k in CASES]
 )
@@ -91,19 +119,8 @@ async def test_answer_is_valid_misp(
     dns_env: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fake = fake_for(module.name)
-    client = await client_for(module, make_client, upstream, monkeypatch)
-    attribute = input_attribute(kind, fake.SAMPLES[kind])
-    body = {
-        "module": module.name,
-        "event_id": "42",
-        "attribute": attribute,
-        "config": dict(fake.CONFIG),
-    }
+    answer, plain = await ask_about(module, kind, make_client, upstream, monkeypatch)
 
-    answer = await post(client, body)
-
-    plain = {k: v for k, v in attribute.items() if k in SCHEMA_KEYS}
     results = answer["results"]
     assert results.get("Object") or results.get("Attribute"), answer
     event = check_answer(answer, plain)
@@ -123,21 +140,10 @@ async def test_hover_answer_is_valid_misp(
     dns_env: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fake = fake_for(module.name)
-    client = await client_for(module, make_client, upstream, monkeypatch)
-    attribute = input_attribute(kind, fake.SAMPLES[kind])
-    del attribute["event_id"]
-    # The popup's body: no event, no data, persistent set.
-    body = {
-        "module": module.name,
-        "persistent": 1,
-        "attribute": attribute,
-        "config": dict(fake.CONFIG),
-    }
+    answer, plain = await ask_about(
+        module, kind, make_client, upstream, monkeypatch, hover=True
+    )
 
-    answer = await post(client, body)
-
-    plain = {k: v for k, v in attribute.items() if k in SCHEMA_KEYS}
     check_answer(answer, plain)
     summary = answer["results"]["Attribute"][0]
     assert summary["type"] == "text"
