@@ -171,7 +171,12 @@ def openapi_document(registry: Registry) -> dict[str, Any]:
                             ),
                         },
                         "400": {
-                            "description": "the body is not JSON",
+                            "description": "the body is not JSON, or cannot be read",
+                            **json_content({"$ref": "#/components/schemas/Error"}),
+                        },
+                        "408": {
+                            "description": "the body did not arrive within the "
+                            "deadline",
                             **json_content({"$ref": "#/components/schemas/Error"}),
                         },
                     },
