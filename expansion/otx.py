@@ -37,9 +37,6 @@ MAX_PASSIVE_DNS = 10
 MAX_MALWARE = 10
 MAX_URLS = 10
 SUMMARY_PULSES = 3
-# Sections other than general stop this long before the query's deadline, so
-# what was fetched still reaches MISP in time.
-ANSWER_MARGIN = 0.5
 
 SECTIONS = {
     "IPv4": ("general", "reputation", "geo", "malware", "url_list", "passive_dns"),
@@ -251,32 +248,37 @@ async def fetch_all(
         for kind, value in targets
         for section in (("general",) if ctx.hover else SECTIONS[kind])
     ]
-    tasks = [
-        asyncio.ensure_future(fetch_section(ctx, headers, *call)) for call in calls
-    ]
-    extra = [
-        task for call, task in zip(calls, tasks, strict=True) if call[2] != "general"
-    ]
+    generals = [call for call in calls if call[2] == "general"]
+    extras = [call for call in calls if call[2] != "general"]
+    pulses = asyncio.ensure_future(
+        asyncio.gather(
+            *(fetch_section(ctx, headers, *call) for call in generals),
+            return_exceptions=True,
+        )
+    )
     try:
-        if extra:
-            budget = ctx.source.remaining() - ANSWER_MARGIN
-            await asyncio.wait(extra, timeout=max(0.0, budget))
-        for task in extra:
-            task.cancel()
-        # Waiting for all calls, then raising in call order, makes the error
-        # the analyst sees the same whichever call failed first.
-        await asyncio.wait(tasks)
+        outcomes = dict(
+            zip(
+                extras,
+                await ctx.source.until_answer_time(
+                    [fetch_section(ctx, headers, *call) for call in extras]
+                ),
+                strict=True,
+            )
+        )
+        outcomes.update(zip(generals, await pulses, strict=True))
     finally:
-        for task in tasks:
-            task.cancel()
+        pulses.cancel()
 
     found: Found = {target: {} for target in targets}
     left_out: LeftOut = []
-    # Read every outcome first: an exception left unread is logged as lost.
-    errors = [None if task.cancelled() else task.exception() for task in tasks]
-    for (kind, value, section), task, error in zip(calls, tasks, errors, strict=True):
-        if section != "general" and (
-            task.cancelled() or isinstance(error, UpstreamTimeout | DeadlineExceeded)
+    # Raising in call order makes the error the analyst sees the same
+    # whichever call failed first.
+    for kind, value, section in calls:
+        outcome = outcomes[kind, value, section]
+        error = outcome if isinstance(outcome, BaseException) else None
+        if section != "general" and isinstance(
+            error, UpstreamTimeout | DeadlineExceeded
         ):
             left_out.append((kind, value, section, None))
         elif section != "general" and isinstance(
@@ -287,7 +289,7 @@ async def fetch_all(
         elif error is not None:
             raise error
         else:
-            found[kind, value][section] = task.result()
+            found[kind, value][section] = outcome
     return found, left_out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -44,9 +44,6 @@ GUI_PATHS = {
 }
 # VT's own cap on one page of related objects.
 MAX_LIMIT = 40
-# Relationship calls stop this long before the query's deadline, so the
-# objects already fetched still reach MISP in time.
-ANSWER_MARGIN = 0.5
 # A much-shared sample carries hundreds of names seen in the wild.
 MAX_NAMES = 10
 DNS_RELATIONS = {
@@ -657,13 +654,11 @@ class VirusTotal(ExpansionModule):
             for entity in entities
             for link in LINKS[entity.target.collection]
         ]
-        pages = await within(
-            source.remaining() - ANSWER_MARGIN,
+        pages = await source.until_answer_time(
             [
                 client.related(entity.target.collection, entity.ident, link.name, limit)
                 for entity, link in jobs
-            ],
-            lambda: UpstreamTimeout(source.label, "no answer before the deadline"),
+            ]
         )
 
         skipped: dict[tuple[str, Skip], list[str]] = {}
@@ -739,31 +734,6 @@ def join_words(words: list[str]) -> str:
     if len(words) < 3:
         return " and ".join(words)
     return ", ".join(words[:-1]) + f" and {words[-1]}"
-
-
-async def within(
-    budget: float,
-    calls: list[Coroutine[Any, Any, Any]],
-    late: Callable[[], BaseException],
-) -> list[Any]:
-    """Await the calls together for `budget` seconds; a late call gets `late()`.
-
-    Each result is a value or the exception its call raised, in call order.
-    """
-    tasks = [asyncio.ensure_future(call) for call in calls]
-    if not tasks:
-        return []
-    try:
-        await asyncio.wait(tasks, timeout=max(0.0, budget))
-    finally:
-        for task in tasks:
-            task.cancel()
-    # Let the cancelled calls unwind (release slots, counters) before answering.
-    await asyncio.gather(*tasks, return_exceptions=True)
-    return [
-        late() if task.cancelled() else (task.exception() or task.result())
-        for task in tasks
-    ]
 
 
 async def _all(calls: Any) -> list[Any]:

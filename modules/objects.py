@@ -74,22 +74,28 @@ def relation(template_name: str, name: str) -> Relation:
 class ObjectAttribute:
     """One attribute of a proposed object."""
 
-    __slots__ = ("category", "comment", "object_relation", "type", "uuid", "value")
+    __slots__ = ("comment", "kind", "object_relation", "uuid", "value")
 
     def __init__(self, object_relation: str, kind: Relation, value: Any) -> None:
         self.uuid = str(uuid.uuid4())
         self.object_relation = object_relation
-        self.type = kind.type
-        self.category = kind.category
+        self.kind = kind
         self.value = value
         self.comment = ""
+
+    @property
+    def type(self) -> str:
+        return self.kind.type
+
+    @property
+    def category(self) -> str:
+        return self.kind.category
 
 
 class ProposedObject:
     """A MISP object an answer proposes, with fresh uuids."""
 
     __slots__ = (
-        "_disable_correlation",
         "attributes",
         "comment",
         "references",
@@ -103,7 +109,6 @@ class ProposedObject:
         self.comment = comment
         self.attributes: list[ObjectAttribute] = []
         self.references: list[tuple[str, str, str]] = []
-        self._disable_correlation: list[Any] = []
 
     @property
     def name(self) -> str:
@@ -117,7 +122,6 @@ class ProposedObject:
         kind = relation(self.template.name, object_relation)
         attribute = ObjectAttribute(object_relation, kind, value)
         self.attributes.append(attribute)
-        self._disable_correlation.append(kind.disable_correlation)
         return attribute
 
     def add_reference(self, referenced_uuid: str, relationship_type: str) -> None:
@@ -166,12 +170,7 @@ class ProposedObject:
                 for reference_uuid, referenced, relationship in self.references
             ]
         if self.attributes:
-            plain["Attribute"] = [
-                _attribute_dict(attribute, disable_correlation)
-                for attribute, disable_correlation in zip(
-                    self.attributes, self._disable_correlation, strict=True
-                )
-            ]
+            plain["Attribute"] = [_attribute_dict(a) for a in self.attributes]
         plain["distribution"] = "5"
         plain["sharing_group_id"] = "0"
         if self.comment:
@@ -179,14 +178,15 @@ class ProposedObject:
         return plain
 
 
-def _attribute_dict(attribute: ObjectAttribute, disable_correlation: Any) -> dict:
+def _attribute_dict(attribute: ObjectAttribute) -> dict:
+    kind = attribute.kind
     plain = {
         "uuid": attribute.uuid,
         "object_relation": attribute.object_relation,
         "value": attribute.value,
-        "type": attribute.type,
-        "category": attribute.category,
-        "disable_correlation": disable_correlation,
+        "type": kind.type,
+        "category": kind.category,
+        "disable_correlation": kind.disable_correlation,
         "to_ids": False,
     }
     if attribute.comment:

@@ -48,6 +48,8 @@ USER_AGENT = f"misp-enrich/{__version__}"
 MAX_DETAIL = 200
 OVERLOADED_STATUSES = (502, 503, 504)
 RETRY_CAP = 5.0
+# Seconds kept before the deadline to build the answer from what arrived.
+ANSWER_MARGIN = 0.5
 READ_CHUNK = 256 * 1024
 MAX_POLLS = 100
 MIN_SECRET = 8
@@ -217,6 +219,30 @@ class Source:
     def remaining(self) -> float:
         """Return the seconds left before the query's deadline."""
         return self.deadline - asyncio.get_running_loop().time()
+
+    async def until_answer_time(self, calls: list[Awaitable[Any]]) -> list[Any]:
+        """Await optional calls together until shortly before the deadline.
+
+        Each result is a value or the exception its call raised, in call
+        order. A call still running when the time is up is cancelled and gets
+        an UpstreamTimeout, so the module answers with what it has.
+        """
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        if not tasks:
+            return []
+        try:
+            budget = self.remaining() - ANSWER_MARGIN
+            await asyncio.wait(tasks, timeout=max(0.0, budget))
+        finally:
+            for task in tasks:
+                task.cancel()
+        # Let the cancelled calls unwind (release slots, counters) first.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        late = UpstreamTimeout(self.label, "no answer before the deadline")
+        return [
+            late if task.cancelled() else (task.exception() or task.result())
+            for task in tasks
+        ]
 
     def answered(self, status: str) -> None:
         """Count one answer from the source: an HTTP status, a DNS rcode, "timeout"."""
